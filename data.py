@@ -1,0 +1,592 @@
+"""Datasets of SynFoC: readers for the four public layouts, a synthetic mixed-domain set, augmentations.
+
+Commands:
+    python data.py synth --out data/synthetic --seed 0          # write the synthetic set (seconds)
+    python data.py synth --out DIR --n-train 40 --n-test 16 --size 256
+    python data.py check --dataset fundus --data-root data      # list cases, decode every mask
+
+A dataset lives in `<data-root>/<folder>` (PRESETS[name]["folder"]): data/Fundus, data/ProstateSlice,
+data/mnms, data/Dataset_BUSI_with_GT, data/synthetic (Fundus layout). See README section "Datasets".
+Masks are decoded once, here (`decode_mask`); everything downstream sees int64 class ids, 0 = background.
+Train items are augmented once at W = max(I, S) and then resized to the SAM size I (3 channels) and the
+U-Net size S (in_channels); labels go to R and S by nearest. Every random draw of a train item comes from
+np.random.default_rng([seed, index, draw]) so a resumed run sees the same samples.
+User mistakes raise DataError (one line naming the file or flag); the CLI prints `error: ...`, exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+
+class DataError(ValueError):
+    """A user mistake in the data or its flags; the message is one line naming the file or flag."""
+
+
+_FUNDUS = dict(layout="fundus", domains=[f"Domain{k}" for k in range(1, 5)], num_classes=3, in_channels=3,
+               unet_size=256, parts=[(1,), (1, 2)], part_names=["cup", "disc"],
+               class_names=["background", "cup", "rim"], strong_range=(0.5, 1.5))
+_REAL = dict(unet_width=64, sam="medsam", amp=None, eval_every=1000, test_limit=None, batch=(4, 4),
+             labeled=None, labeled_ratio=None)
+PRESETS: dict[str, dict] = {
+    "fundus": {**_REAL, **_FUNDUS, "folder": "Fundus", "steps": 30000, "labeled": 20},
+    "prostate": {**_REAL, "folder": "ProstateSlice", "layout": "prostate",
+                 "domains": ["BIDMC", "BMC", "HK", "I2CVB", "RUNMC", "UCL"], "num_classes": 2,
+                 "in_channels": 1, "unet_size": 384, "steps": 60000, "labeled": 20, "parts": [(1,)],
+                 "part_names": ["prostate"], "class_names": ["background", "prostate"],
+                 "strong_range": (0.1, 2.0)},
+    "mnms": {**_REAL, "folder": "mnms", "layout": "mnms", "domains": [f"vendor{v}" for v in "ABCD"],
+             "num_classes": 4, "in_channels": 1, "unet_size": 288, "steps": 60000, "labeled": 5,
+             "batch": (2, 2), "parts": [(1,), (2,), (3,)], "part_names": ["LV", "MYO", "RV"],
+             "class_names": ["background", "LV", "MYO", "RV"], "strong_range": (0.1, 2.0)},
+    "busi": {**_REAL, "folder": "Dataset_BUSI_with_GT", "layout": "busi", "domains": ["benign", "malignant"],
+             "num_classes": 2, "in_channels": 1, "unet_size": 256, "steps": 30000, "labeled_ratio": 0.125,
+             "parts": [(1,)], "part_names": ["lesion"], "class_names": ["background", "lesion"],
+             "strong_range": (0.1, 2.0)},
+    # CPU-sized defaults (chosen by train.py); n_train/n_test are what `synth` generates per domain.
+    "synthetic": {**_REAL, **_FUNDUS, "folder": "synthetic", "steps": 200, "labeled": 10, "batch": (1, 1),
+                  "unet_width": 16, "sam": "litemedsam", "amp": "bf16", "eval_every": 100,
+                  "n_train": 40, "n_test": 16},
+}
+_LAYOUT_HELP = {
+    "fundus": "<root>/Domain{1..4}/{train,test}/ROIs/{image,mask}/<name>.png",
+    "prostate": "<root>/{BIDMC,BMC,HK,I2CVB,RUNMC,UCL}/{train,test}/{image,mask}/<name>.png",
+    "mnms": "<root>/vendor{A..D}/{train,test}/{image,mask}/<name>.png",
+    "busi": "<root>/{benign,malignant}/<name> (<n>).png with <name> (<n>)_mask.png [_mask_1.png ...]",
+}
+_MNMS_COLOURS = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+
+
+def _preset(dataset: str) -> dict:
+    if dataset not in PRESETS:
+        raise DataError(f"--dataset {dataset!r}: expected one of {', '.join(PRESETS)}")
+    return PRESETS[dataset]
+
+
+def _check_domain(p: dict, domain: int) -> None:
+    if not (isinstance(domain, (int, np.integer)) and 1 <= domain <= len(p["domains"])):
+        raise DataError(f"--domain {domain}: expected 1..{len(p['domains'])} ({', '.join(p['domains'])})")
+
+
+# ----------------------------------------------------------------------------- readers
+def check_root(dataset: str, root: str | Path) -> None:
+    """DataError unless `root` (the dataset's own folder) exists and holds every domain folder."""
+    p, root = _preset(dataset), Path(root)
+    expect = f"expected {_LAYOUT_HELP[p['layout']].replace('<root>', str(root))}; see README section 'Datasets'"
+    if dataset == "synthetic":
+        expect += f" (create it: python data.py synth --out {root})"
+    if not root.is_dir():
+        raise DataError(f"data root {root} not found: {expect}")
+    missing = [d for d in p["domains"] if not (root / d).is_dir()]
+    if missing:
+        raise DataError(f"{root}: missing domain folder(s) {', '.join(missing)}: {expect}")
+
+
+def _pngs(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise DataError(f"{folder} not found: expected a folder of .png files; see README section 'Datasets'")
+    return sorted(f for f in os.listdir(folder) if f.endswith(".png") and not f.startswith("."))
+
+
+def list_cases(dataset: str, root: str | Path, domain: int, split: str) -> list[tuple[str, list[str]]]:
+    """(image_path, [mask_paths]) of one domain's split, sorted by file name (the labeled-pick order).
+    `root` is the dataset's own folder, `domain` 1-based, `split` "train" or "test". An image without
+    its mask raises DataError naming the image."""
+    p, root = _preset(dataset), Path(root)
+    _check_domain(p, domain)
+    if split not in ("train", "test"):
+        raise DataError(f"split {split!r}: expected 'train' or 'test'")
+    check_root(dataset, root)
+    dom = root / p["domains"][domain - 1]
+    if p["layout"] == "busi":  # no split folders: the last int(0.2 n) names in string order are the test split
+        masks: dict[str, list[str]] = {}  # image stem -> its mask files (_mask.png first, then _mask_<k>.png)
+        images = []
+        for name in _pngs(dom):
+            hit = re.fullmatch(r"(.*)_mask(_\d+)?\.png", name)
+            if hit:
+                masks.setdefault(hit[1], []).append(name)
+            else:
+                images.append(name)
+        n_test = int(0.2 * len(images))
+        images = images[len(images) - n_test:] if split == "test" else images[:len(images) - n_test]
+        cases = []
+        for name in images:
+            stem = name[:-4]
+            if f"{stem}_mask.png" not in masks.get(stem, []):
+                raise DataError(f"{dom / name} has no mask: expected {dom / (stem + '_mask.png')}")
+            cases.append((str(dom / name), [str(dom / m) for m in masks[stem]]))
+        return cases
+    base = dom / split / "ROIs" if p["layout"] == "fundus" else dom / split
+    mask_names = set(_pngs(base / "mask"))
+    cases = []
+    for name in _pngs(base / "image"):
+        if name not in mask_names:
+            raise DataError(f"{base / 'image' / name} has no mask: expected {base / 'mask' / name}")
+        cases.append((str(base / "image" / name), [str(base / "mask" / name)]))
+    return cases
+
+
+def _read(path: str | Path) -> Image.Image:
+    try:
+        im = Image.open(path)
+        im.load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}): expected a valid PNG") from None
+    return im
+
+
+def _values(a: np.ndarray) -> str:
+    u = np.unique(a)
+    return ", ".join(map(str, u[:8].tolist())) + (", ..." if len(u) > 8 else "")
+
+
+def _gray(a: np.ndarray, dataset: str) -> np.ndarray:
+    """One channel of a gray mask stored as L or as RGB(A) with equal channels."""
+    if a.ndim == 3:
+        a = a[..., :3]
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            raise DataError(f"{dataset} mask has differing R, G, B channels: expected a gray mask")
+        a = a[..., 0]
+    return a
+
+
+def decode_mask(dataset: str, mask: np.ndarray) -> np.ndarray:
+    """Raw mask as np.asarray(PIL image) -> int64 class ids [H,W]. DataError (with the values) when the
+    mask does not follow the dataset's encoding (SPEC §5)."""
+    p, a = _preset(dataset), np.asarray(mask)
+    if a.dtype == bool:  # PIL mode "1"
+        a = a.astype(np.uint8) * 255
+    layout = p["layout"]
+    if layout == "busi":  # luminance as PIL convert("L") (alpha ignored), lesion = >= 128
+        if a.ndim == 3:
+            a = np.asarray(Image.fromarray(np.ascontiguousarray(a[..., :3]).astype(np.uint8)).convert("L"))
+        return (a >= 128).astype(np.int64)
+    if layout == "mnms":
+        if a.ndim != 3:
+            raise DataError("mnms mask is single-channel: expected an RGB colour mask (red LV, green MYO, blue RV)")
+        a = a[..., :3]
+        if not np.isin(a, (0, 255)).all():
+            raise DataError(f"mnms mask channel values {{{_values(a)}}} outside the encoding {{0, 255}}")
+        hits = a == 255
+        if (hits.sum(-1) > 1).any():
+            raise DataError("mnms mask has pixels with several pure colours: expected black, red, green or blue")
+        return np.where(hits.any(-1), hits.argmax(-1) + 1, 0).astype(np.int64)
+    a = _gray(a, dataset)
+    allowed = (0, 128, 255) if layout == "fundus" else (0, 255)
+    if not np.isin(a, allowed).all():
+        bad = np.unique(a[~np.isin(a, allowed)])
+        raise DataError(f"{dataset} mask values {{{_values(bad)}}} outside the encoding {set(allowed)}")
+    if layout == "fundus":  # 0 = cup (class 1), 128 = rim (class 2), 255 = background
+        return np.select([a == 0, a == 128], [1, 2], 0).astype(np.int64)
+    return (a == 0).astype(np.int64)  # prostate: inverted, 0 = prostate
+
+
+def encode_mask(dataset: str, label: np.ndarray) -> np.ndarray:
+    """Inverse of decode_mask: int class ids [H,W] -> uint8 array in the dataset's on-disk encoding."""
+    p, label = _preset(dataset), np.asarray(label)
+    if label.size and (label.min() < 0 or label.max() >= p["num_classes"]):
+        raise DataError(f"label values {{{_values(label)}}} outside 0..{p['num_classes'] - 1} for {dataset}")
+    if p["layout"] == "fundus":
+        g = np.select([label == 1, label == 2], [0, 128], 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1)  # stored as RGB with equal channels, like the release
+    if p["layout"] == "mnms":
+        return _MNMS_COLOURS[label]
+    if p["layout"] == "prostate":
+        return np.where(label == 1, 0, 255).astype(np.uint8)
+    return np.where(label == 1, 255, 0).astype(np.uint8)
+
+
+def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (image uint8 [H,W] (gray datasets) or [H,W,3], label int64 [H,W]) at native size; several
+    masks (BUSI) are unioned."""
+    p = _preset(dataset)
+    im = _read(image_path)
+    if p["in_channels"] == 3:
+        img = np.asarray(im.convert("RGB"))
+    else:  # gray; BUSI stores gray as RGB with equal channels: use one
+        img = np.asarray(im) if im.mode == "L" else np.asarray(im.convert("RGB"))[..., 0]
+    if not mask_paths:
+        raise DataError(f"{image_path}: no mask file given")
+    label = None
+    for mp in mask_paths:
+        m = _read(mp)
+        if m.size != im.size:
+            raise DataError(f"{mp}: mask size {m.size[0]}x{m.size[1]} differs from image {image_path} "
+                            f"size {im.size[0]}x{im.size[1]}")
+        if m.mode not in ("1", "L", "RGB", "RGBA"):  # palette, LA, ...: decode the colours they show
+            m = m.convert("RGB")
+        try:
+            lab = decode_mask(dataset, np.asarray(m))
+        except DataError as e:
+            raise DataError(f"{mp}: {e}") from None
+        label = lab if label is None else np.maximum(label, lab)
+    return img, label
+
+
+def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | None = None,
+                  labeled_ratio: float | None = None) -> tuple[list, list]:
+    """SPEC §4: labeled = first N of the labeled domain's sorted train split; unlabeled = the rest of it
+    plus every train image of the other domains. N = `labeled`, or int(labeled_ratio * all train images
+    of all domains) (BUSI); both None -> the preset's default. Cases are (image_path, mask_paths, domain)."""
+    p = _preset(dataset)
+    _check_domain(p, domain)
+    if labeled is not None and labeled_ratio is not None:
+        raise DataError("--labeled and --labeled-ratio: give one, not both")
+    if labeled is None and labeled_ratio is None:
+        labeled, labeled_ratio = p["labeled"], p["labeled_ratio"]
+    train = {d: list_cases(dataset, root, d, "train") for d in range(1, len(p["domains"]) + 1)}
+    if labeled_ratio is not None:
+        if not 0 < labeled_ratio <= 1:
+            raise DataError(f"--labeled-ratio {labeled_ratio}: expected a fraction in (0, 1]")
+        n, flag = int(labeled_ratio * sum(map(len, train.values()))), f"--labeled-ratio {labeled_ratio}"
+    else:
+        n, flag = int(labeled), f"--labeled {labeled}"
+    if n < 1:
+        raise DataError(f"{flag}: gives {n} labeled images, expected at least 1")
+    own = train[domain]
+    if n > len(own):
+        raise DataError(f"{flag}: asks for {n} labeled images but domain {domain} ({p['domains'][domain - 1]}) "
+                        f"of {root} has only {len(own)} training images")
+    lab = [(i, m, domain) for i, m in own[:n]]
+    unl = [(i, m, domain) for i, m in own[n:]]
+    unl += [(i, m, d) for d, cases in train.items() if d != domain for i, m in cases]
+    return lab, unl
+
+
+def test_cases(dataset: str, root: str | Path) -> list[tuple[str, list[str], int]]:
+    """(image_path, mask_paths, domain) of every domain's test split, domain by domain."""
+    p = _preset(dataset)
+    return [(i, m, d) for d in range(1, len(p["domains"]) + 1) for i, m in list_cases(dataset, root, d, "test")]
+
+
+test_cases.__test__ = False  # not a pytest test, even when imported into a test module
+
+
+# ----------------------------------------------------------------------------- augmentation
+def _nearest(label: np.ndarray, size: int) -> np.ndarray:
+    """Nearest resize of [H,W] to [size,size] (pixel-centre sampling, exact for class ids)."""
+    h, w = label.shape[:2]
+    if (h, w) == (size, size):
+        return label
+    iy = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.int64), h - 1)
+    ix = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.int64), w - 1)
+    return label[iy[:, None], ix[None, :]]
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize (PIL: antialiased when shrinking) of uint8 [H,W(,3)] or float32 [H,W,c] to
+    [size,size,c] float32 in [0,1]. PIL, not torch: torch's thread pool stalls inside loader workers."""
+    if img.dtype == np.uint8:
+        if img.shape[:2] != (size, size):
+            img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+        return (img if img.ndim == 3 else img[..., None]).astype(np.float32) / 255.0
+    if img.shape[:2] == (size, size):
+        return img
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(img[..., k])).resize((size, size), Image.BILINEAR))
+                     for k in range(img.shape[2])], -1).clip(0, 1)
+
+
+def _chw(img: np.ndarray, channels: int) -> torch.Tensor:
+    """float32 [H,W,c] -> tensor [channels,H,W]; gray is repeated explicitly when 3 channels are asked."""
+    if img.shape[2] != channels:
+        img = np.repeat(img[..., :1], channels, -1) if img.shape[2] == 1 else img.mean(-1, keepdims=True)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
+
+
+def weak_augment(img: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC §5 weak view of a square float image [n,n,c] and label [n,n], each op with p 0.5: scale-crop
+    (scale U(1,1.5) per axis), rotation (integer degrees in [-20,20], fill 0 = background), horizontal
+    flip, elastic (alpha 2n, sigma 0.08n). The ops are composed into one sampling map so the image is
+    interpolated once and image and label stay aligned exactly."""
+    n = img.shape[0]
+    use = rng.random(4) < 0.5
+    scale, offs, angle = rng.uniform(1.0, 1.5, 2), rng.random(2), int(rng.integers(-20, 21))
+    if not use.any():
+        return img, label
+    y, x = np.mgrid[0:n, 0:n].astype(np.float32)
+    if use[3]:  # elastic (the last op, so the first one inverted); field drawn at <=128 px for speed
+        f = max(1, n // 128)
+        m = -(-n // f)
+        d = [ndimage.gaussian_filter(rng.uniform(-1, 1, (m, m)).astype(np.float32), 0.08 * n / f, mode="constant")
+             * (2 * n / f) for _ in range(2)]  # /f keeps the displacement spread of a full-size field
+        if f > 1:
+            d = [ndimage.zoom(a, n / m, order=1)[:n, :n] for a in d]
+        y, x = np.clip(y + d[0], 0, n - 1), np.clip(x + d[1], 0, n - 1)
+    if use[2]:
+        x = (n - 1) - x
+    if use[1]:
+        c, t = (n - 1) / 2, math.radians(angle)
+        y, x = (c + math.cos(t) * (y - c) - math.sin(t) * (x - c), c + math.sin(t) * (y - c) + math.cos(t) * (x - c))
+    if use[0]:  # scale up to round(n*s), crop an n x n window at a random offset
+        big = np.round(n * scale).astype(int)
+        o = np.floor(offs * (big - n + 1))
+        y, x = (y + o[0] + 0.5) * n / big[0] - 0.5, (x + o[1] + 0.5) * n / big[1] - 0.5
+    coords = np.stack([y, x])
+    out = np.stack([ndimage.map_coordinates(img[..., k], coords, order=1, mode="constant", cval=0.0)
+                    for k in range(img.shape[2])], -1)
+    lab = ndimage.map_coordinates(label, coords, order=0, mode="constant", cval=0)
+    return out, lab
+
+
+def strong_augment(img: np.ndarray, rng: np.random.Generator, strong_range: tuple[float, float],
+                   blur_scale: float = 1.0) -> np.ndarray:
+    """Photometric only (pixel-aligned with its input): brightness and contrast factors U(strong_range),
+    then Gaussian blur sigma U(0.1, 2.0) (in U-Net pixels; blur_scale = W/S converts to this resolution)."""
+    b, c = rng.uniform(*strong_range, 2)
+    sigma = rng.uniform(0.1, 2.0) * blur_scale
+    out = np.clip(img * b, 0, 1)
+    gray = out @ np.array([0.299, 0.587, 0.114], np.float32) if out.shape[2] == 3 else out[..., 0]
+    out = np.clip((out - gray.mean()) * c + gray.mean(), 0, 1)
+    return ndimage.gaussian_filter(out, (sigma, sigma, 0)).astype(np.float32)
+
+
+def random_box(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Eq. 1 box mask bool [size,size]: area fraction U(0.02,0.4), aspect (h/w) U(0.3,1/0.3), fully
+    inside (redrawn until it fits)."""
+    while True:
+        area, ratio = rng.uniform(0.02, 0.4) * size * size, rng.uniform(0.3, 1 / 0.3)
+        h, w = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        if 1 <= h <= size and 1 <= w <= size:
+            break
+    y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    m = np.zeros((size, size), bool)
+    m[y:y + h, x:x + w] = True
+    return m
+
+
+# ----------------------------------------------------------------------------- torch datasets
+class _TrainSet(torch.utils.data.Dataset):
+    def __init__(self, dataset: str, cases: list, sam_size: int, sam_logit_size: int, seed: int = 0):
+        self.dataset, self.p, self.cases = dataset, _preset(dataset), list(cases)
+        self.I, self.R, self.S, self.seed = sam_size, sam_logit_size, self.p["unet_size"], seed
+        self.W = max(sam_size, self.S)  # augment once at the larger working resolution
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _weak(self, key) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        index, draw = (key if isinstance(key, tuple) else (key, 0))
+        index, draw = int(index), int(draw)
+        rng = np.random.default_rng([self.seed, index, draw])
+        img, lab = load_case(self.dataset, self.cases[index][0], self.cases[index][1])
+        img = _resize(img, self.W)
+        img, lab = weak_augment(img, _nearest(lab, self.W), rng)
+        return img, lab, rng
+
+    def _views(self, img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return _chw(_resize(img, self.I), 3), _chw(_resize(img, self.S), self.p["in_channels"])
+
+    def _labels(self, lab: np.ndarray) -> dict:
+        return dict(label_sam=torch.from_numpy(np.ascontiguousarray(_nearest(lab, self.R), np.int64)),
+                    label_unet=torch.from_numpy(np.ascontiguousarray(_nearest(lab, self.S), np.int64)))
+
+
+class LabeledSet(_TrainSet):
+    """item (int index or (index, draw)) -> img_sam float32[3,I,I], img_unet float32[C_in,S,S] in [0,1],
+    label_sam int64[R,R], label_unet int64[S,S] (weak view)."""
+
+    def __getitem__(self, key) -> dict:
+        img, lab, _ = self._weak(key)
+        img_sam, img_unet = self._views(img)
+        return dict(img_sam=img_sam, img_unet=img_unet, **self._labels(lab))
+
+
+class UnlabeledSet(_TrainSet):
+    """item -> weak_sam/strong_sam [3,I,I], weak_unet/strong_unet [C_in,S,S] (strong = photometric ops
+    on top of weak, pixel-aligned), label_sam/label_unet (for monitoring pseudo-labels only)."""
+
+    def __getitem__(self, key) -> dict:
+        img, lab, rng = self._weak(key)
+        strong = strong_augment(img, rng, self.p["strong_range"], blur_scale=self.W / self.S)
+        weak_sam, weak_unet = self._views(img)
+        strong_sam, strong_unet = self._views(strong)
+        return dict(weak_sam=weak_sam, weak_unet=weak_unet, strong_sam=strong_sam, strong_unet=strong_unet,
+                    **self._labels(lab))
+
+
+class TestSet(torch.utils.data.Dataset):
+    """No augmentation. item -> img_sam [3,I,I], img_unet [C_in,S,S], label_unet int64[S,S], name (image
+    file stem), domain (1-based). `limit` keeps the first `limit` cases of each domain."""
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, dataset: str, cases: list, sam_size: int, limit: int | None = None):
+        self.dataset, self.p, self.I, self.S = dataset, _preset(dataset), sam_size, _preset(dataset)["unet_size"]
+        seen: dict[int, int] = {}
+        self.cases = []
+        for c in cases:
+            seen[c[2]] = seen.get(c[2], 0) + 1
+            if limit is None or seen[c[2]] <= limit:
+                self.cases.append(c)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        path, masks, domain = self.cases[index]
+        img, lab = load_case(self.dataset, path, masks)
+        return dict(img_sam=_chw(_resize(img, self.I), 3), img_unet=_chw(_resize(img, self.S), self.p["in_channels"]),
+                    label_unet=torch.from_numpy(np.ascontiguousarray(_nearest(lab, self.S), np.int64)),
+                    name=Path(path).stem, domain=int(domain))
+
+
+# ----------------------------------------------------------------------------- synthetic data
+# Per-domain appearance: background/disc/cup colours, gamma, contrast, blur, noise, illumination
+# gradient, disc radius range (fraction of the image side). Domain 1 clean reddish-orange, 2 dark,
+# low-contrast and blurred, 3 greenish and noisy, 4 bright washed-out with a strong gradient, small discs.
+_STYLES = [
+    dict(bg=(0.72, 0.30, 0.12), disc=(0.95, 0.70, 0.40), cup=(1.0, 0.92, 0.72), gamma=1.0, contrast=1.0,
+         blur=0.0, noise=0.01, grad=0.1, radius=(0.14, 0.22)),
+    dict(bg=(0.30, 0.16, 0.12), disc=(0.45, 0.32, 0.25), cup=(0.52, 0.42, 0.35), gamma=1.5, contrast=0.7,
+         blur=2.5, noise=0.02, grad=0.2, radius=(0.15, 0.24)),
+    dict(bg=(0.22, 0.50, 0.25), disc=(0.55, 0.85, 0.50), cup=(0.75, 0.97, 0.70), gamma=0.9, contrast=1.1,
+         blur=0.5, noise=0.13, grad=0.2, radius=(0.12, 0.20)),
+    dict(bg=(0.74, 0.62, 0.60), disc=(0.92, 0.84, 0.80), cup=(1.0, 1.0, 1.0), gamma=0.7, contrast=0.65,
+         blur=1.0, noise=0.03, grad=0.7, radius=(0.07, 0.12)),
+]
+
+
+def _ellipse(y: np.ndarray, x: np.ndarray, cy: float, cx: float, a: float, b: float, phi: float) -> np.ndarray:
+    """Normalised elliptical radius (<= 1 inside)."""
+    u = (x - cx) * math.cos(phi) + (y - cy) * math.sin(phi)
+    v = -(x - cx) * math.sin(phi) + (y - cy) * math.cos(phi)
+    return np.sqrt((u / a) ** 2 + (v / b) ** 2)
+
+
+def _waves(rng: np.random.Generator, n: int, k: int, fmax: float) -> np.ndarray:
+    """Smooth texture float32 [n,n] in [-1, 1]: the mean of k plane waves with random frequency (<= fmax
+    cycles per image), direction and phase; sin(a+b) = sin a cos b + cos a sin b makes it two matmuls."""
+    f, t, ph = rng.uniform(1, fmax, k), rng.uniform(0, 2 * math.pi, k), rng.uniform(0, 2 * math.pi, k)
+    c = (np.arange(n) / n)[:, None]
+    u, v = 2 * math.pi * f * np.cos(t) * c, 2 * math.pi * f * np.sin(t) * c + ph  # [n,k] along x, along y
+    return ((np.cos(v) @ np.sin(u).T + np.sin(v) @ np.cos(u).T) / k).astype(np.float32)
+
+
+def _synth_one(rng: np.random.Generator, st: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (image uint8 [n,n,3], label int64 [n,n]) of one synthetic fundus ROI."""
+    y, x = np.mgrid[0:n, 0:n].astype(np.float32) / n
+    # disc radius, eccentricity, rotation, centre; cup/disc ratio, cup offset, axis jitter, rotation jitter.
+    # .tolist() gives python floats, which keep the float32 arrays float32 (numpy scalars would not)
+    r, ecc, phi, cy, cx, ratio, oy, ox, sa, sb, dphi = rng.uniform(
+        [st["radius"][0], 0.85, 0, 0.32, 0.32, 0.3, -0.12, -0.12, 0.9, 0.9, -0.5],
+        [st["radius"][1], 1.15, math.pi, 0.68, 0.68, 0.7, 0.12, 0.12, 1.1, 1.1, 0.5]).tolist()
+    oy, ox = oy * r, ox * r
+    rd = _ellipse(y, x, cy, cx, r * ecc, r / ecc, phi)
+    rc = _ellipse(y, x, cy + oy, cx + ox, r * ecc * ratio * sa, r / ecc * ratio * sb, phi + dphi)
+    disc, cup = rd <= 1, (rc <= 1) & (rd <= 1)
+    label = np.where(cup, 1, np.where(disc, 2, 0)).astype(np.int64)
+    soft_d = 1 / (1 + np.exp(np.minimum((rd - 1) / 0.04, 50)))  # soft edges centred on the mask boundaries
+    soft_c = soft_d / (1 + np.exp(np.minimum((rc - 1) / 0.08, 50)))
+    tex = _waves(rng, n, 6, 4) * 0.15 + _waves(rng, n, 6, 16) * 0.06
+    jit = lambda c: (np.asarray(c) * rng.uniform(0.92, 1.08, 3)).astype(np.float32)  # noqa: E731
+    img = jit(st["bg"]) * (1 + tex)[..., None]
+    img = img * (1 - soft_d[..., None]) + jit(st["disc"]) * soft_d[..., None]
+    img = img * (1 - soft_c[..., None]) + jit(st["cup"]) * soft_c[..., None]
+    # vessels: random-walk curves leaving the disc centre, splatted as points and blurred to a width
+    nv, steps = int(rng.integers(6, 11)), 3 * n // 2
+    theta = rng.uniform(0, 2 * math.pi, (nv, 1)) + np.cumsum(rng.normal(0, 0.05, (nv, steps)), 1)
+    py = cy * n + np.cumsum(np.sin(theta), 1)
+    px = cx * n + np.cumsum(np.cos(theta), 1)
+    keep = (py >= 0) & (py < n) & (px >= 0) & (px < n)
+    acc = np.zeros((n, n), np.float32)
+    np.add.at(acc, (py[keep].astype(int), px[keep].astype(int)), 1.0)
+    vessels = np.clip(ndimage.gaussian_filter(acc, n / 200) * 3.0, 0, 1)
+    img = img * (1 - 0.55 * vessels)[..., None]
+    psi = float(rng.uniform(0, 2 * math.pi))  # illumination gradient in a random direction
+    img = img * (1 + st["grad"] * ((x - 0.5) * math.cos(psi) + (y - 0.5) * math.sin(psi)))[..., None]
+    img = np.clip(img, 0, 1) ** st["gamma"]
+    img = (img - 0.5) * st["contrast"] + 0.5
+    if st["blur"]:
+        img = ndimage.gaussian_filter(img, (st["blur"] * n / 256, st["blur"] * n / 256, 0))
+    img = img + (st["noise"] * math.sqrt(12)) * (rng.random(img.shape, dtype=np.float32) - 0.5)  # uniform, std = noise
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), label
+
+
+def synthesize(out: str | Path, seed: int = 0, n_train: int = 40, n_test: int = 16, size: int = 256) -> Path:
+    """Write the synthetic mixed-domain set in the Fundus layout and mask encoding:
+    <out>/Domain{1..4}/{train,test}/ROIs/{image,mask}/d<k>_<split>_<i>.png. Deterministic for a seed."""
+    if n_train < 1 or n_test < 1 or size < 32:
+        raise DataError(f"--n-train {n_train} --n-test {n_test} --size {size}: expected >= 1, >= 1, >= 32")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):  # regenerate in place, but never delete someone else's folder
+        if not (out / "synthetic.json").is_file():
+            raise DataError(f"--out {out}: folder exists and is not a synthetic set (no synthetic.json); "
+                            "expected a new or previously generated folder")
+        for k in range(1, len(_STYLES) + 1):
+            shutil.rmtree(out / f"Domain{k}", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)  # the marker first, so an interrupted run can be redone in place
+    (out / "synthetic.json").write_text(json.dumps(dict(seed=seed, n_train=n_train, n_test=n_test, size=size)))
+
+    def write(job: tuple[int, int, str, int]) -> None:
+        k, s, split, i = job
+        img, lab = _synth_one(np.random.default_rng([seed, k, s, i]), _STYLES[k - 1], size)
+        base, name = out / f"Domain{k}" / split / "ROIs", f"d{k}_{split}_{i:03d}.png"
+        Image.fromarray(img).save(base / "image" / name, compress_level=0)  # noise: zlib gains ~nothing
+        Image.fromarray(encode_mask("fundus", lab)).save(base / "mask" / name, compress_level=1)
+
+    jobs = [(k, s, split, i) for k in range(1, len(_STYLES) + 1)
+            for s, (split, count) in enumerate((("train", n_train), ("test", n_test))) for i in range(count)]
+    for k, split, sub in {(j[0], j[2], sub) for j in jobs for sub in ("image", "mask")}:
+        (out / f"Domain{k}" / split / "ROIs" / sub).mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # numpy and zlib release the GIL
+        list(pool.map(write, jobs))  # each image has its own generator: the output does not depend on threads
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+def _check(dataset: str, data_root: str) -> None:
+    p = _preset(dataset)
+    root = Path(data_root) / p["folder"]
+    check_root(dataset, root)
+    print(f"{dataset}: {root} ({p['layout']} layout, classes {', '.join(p['class_names'])})")
+    for d, name in enumerate(p["domains"], start=1):
+        for split in ("train", "test"):
+            counts = np.zeros(p["num_classes"], np.int64)
+            cases = list_cases(dataset, root, d, split)
+            for img, masks in cases:
+                counts += np.bincount(load_case(dataset, img, masks)[1].ravel(), minlength=p["num_classes"])
+            frac = counts / max(1, counts.sum())
+            print(f"  domain {d} {name:<10} {split:<5} {len(cases):5d} cases  class fractions "
+                  + " ".join(f"{c} {f:.3f}" for c, f in zip(p["class_names"], frac)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="SynFoC data: synthetic set generation and dataset checks.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sy = sub.add_parser("synth", help="write the synthetic mixed-domain set (Fundus layout)")
+    sy.add_argument("--out", default="data/synthetic", help="output folder (default data/synthetic)")
+    sy.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same files)")
+    sy.add_argument("--n-train", type=int, default=PRESETS["synthetic"]["n_train"], help="train images per domain")
+    sy.add_argument("--n-test", type=int, default=PRESETS["synthetic"]["n_test"], help="test images per domain")
+    sy.add_argument("--size", type=int, default=256, help="image side in pixels")
+    ch = sub.add_parser("check", help="list cases per domain/split and decode every mask")
+    ch.add_argument("--dataset", required=True, choices=list(PRESETS), help="dataset preset")
+    ch.add_argument("--data-root", default="data", help="folder holding the dataset folders (default data)")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "synth":
+            out = synthesize(args.out, args.seed, args.n_train, args.n_test, args.size)
+            print(f"wrote {4 * (args.n_train + args.n_test)} images to {out}")
+        else:
+            _check(args.dataset, args.data_root)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

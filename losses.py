@@ -1,0 +1,95 @@
+"""Losses of SynFoC (CVPR 2025): supervised/pseudo-label CE + Dice and the CDCR terms.
+
+    ce_loss(logits, target, weight)        Eq. 11  cross-entropy, mean over ALL pixels of the batch
+    dice_loss(logits, target, weight)      Eq. 12  soft Dice, per class over the batch, all C classes
+    entropy_loss(prob, mask)               Eq. 9   one model's masked Shannon-entropy term (L_c)
+    divergence_loss(prob_a, prob_b, mask)  Eq. 10  masked squared error (L_d, positive sign)
+    mse_loss(prob_a, prob_b)               plain MSE consistency (the "cr" ablation)
+
+Conventions: logits/probabilities are [B,C,H,W] (channel 0 = background), targets int64 [B,H,W] class
+ids, weights float [B,H,W] (a pixel with weight 0 adds zero to the sum but still counts in the mean:
+no renormalisation by the mask size, as the official code). Every loss returns a float32 scalar: the
+inputs are cast to float32 before softmax/log/sums, so the losses are safe under autocast (fp16/bf16).
+Resizing is the caller's job: both arguments of a loss have the same spatial size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS_DICE = 1e-10  # smoothing of Eq. 12, in numerator and denominator (keeps empty classes finite)
+EPS_PROB = 1e-10  # probabilities are clamped to >= this before log (Eq. 9)
+
+
+def _pixel_weight(weight: Tensor | None, like: Tensor) -> Tensor | float:
+    """weight [B,H,W] (or None) -> float32 [B,1,H,W] broadcastable over classes (or the scalar 1)."""
+    if weight is None:
+        return 1.0
+    return weight.to(device=like.device, dtype=torch.float32).unsqueeze(1)
+
+
+def _as_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """mask [B,H,W] or [B,1,H,W] -> float32 [B,1,H,W] (broadcast over the C channels of `like`)."""
+    mask = mask.to(device=like.device, dtype=torch.float32)
+    return mask.unsqueeze(1) if mask.dim() == 3 else mask
+
+
+def one_hot(target: Tensor, num_classes: int) -> Tensor:
+    """int64 [B,H,W] class ids -> float32 one-hot [B,C,H,W]."""
+    out = torch.zeros(target.shape[0], num_classes, *target.shape[1:], device=target.device)
+    return out.scatter_(1, target.unsqueeze(1).long(), 1.0)
+
+
+def ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Eq. 11: -(1/#pixels) sum_i w_i log softmax(logits)_i[y_i].
+
+    logits [B,C,H,W], target int64 [B,H,W], weight float [B,H,W] or None (all ones).
+    #pixels = B*H*W whatever the weight (masked pixels count as zero). Returns a float32 scalar.
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    nll = -logp.gather(1, target.unsqueeze(1).long())  # [B,1,H,W]
+    return (nll * _pixel_weight(weight, logits)).mean()
+
+
+def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Eq. 12: mean over the C classes of 1 - (2 sum w p y + eps) / (sum w (p^2 + y^2) + eps).
+
+    p = softmax(logits) [B,C,H,W], y = one-hot(target), sums over the whole batch (B,H,W) per class.
+    Background (class 0) is included and the weight [B,H,W] applies to every class (SPEC decision).
+    An all-zero weight gives 0 (eps/eps), an absent class gives ~1. Returns a float32 scalar.
+    """
+    p = torch.softmax(logits.float(), dim=1)
+    y = one_hot(target, p.shape[1])
+    w = _pixel_weight(weight, logits)
+    inter = (w * p * y).sum(dim=(0, 2, 3))  # [C]
+    denom = (w * (p * p + y)).sum(dim=(0, 2, 3))  # y is 0/1, so y^2 == y
+    return (1.0 - (2.0 * inter + EPS_DICE) / (denom + EPS_DICE)).mean()
+
+
+def entropy_loss(prob: Tensor, mask: Tensor) -> Tensor:
+    """One model's term of Eq. 9 (L_c): mean over all B*C*H*W elements of -p log p * mask.
+
+    prob [B,C,H,W] (softmax output, gradients flow into it), mask [B,1,H,W] or [B,H,W] (M_c, 0/1).
+    p is clamped to >= 1e-10 inside the log only, so exact zeros stay finite and still get a gradient.
+    L_c of the paper is 0.5 * (entropy_loss(P_sam, M_c at R) + entropy_loss(P_unet, M_c at S)).
+    """
+    p = prob.float()
+    ent = -p * torch.log(p.clamp_min(EPS_PROB))
+    return (ent * _as_mask(mask, p)).mean()
+
+
+def divergence_loss(prob_a: Tensor, prob_b: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 10 (L_d, positive sign): mean over all B*C*H*W elements of (a - b)^2 * mask.
+
+    prob_a, prob_b [B,C,H,W] at the same size (upsample the SAM probabilities to S first); both receive
+    gradients. mask [B,1,H,W] or [B,H,W] (M_d, 0/1). The paper's minus sign is a typo (SPEC §3).
+    """
+    diff = prob_a.float() - prob_b.float()
+    return (diff * diff * _as_mask(mask, diff)).mean()
+
+
+def mse_loss(prob_a: Tensor, prob_b: Tensor) -> Tensor:
+    """Plain mean squared error over all B*C*H*W elements (ablation "cr", Table 7), fp32 scalar."""
+    diff = prob_a.float() - prob_b.float()
+    return (diff * diff).mean()

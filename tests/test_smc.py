@@ -1,0 +1,219 @@
+"""smc.py against hand-made examples and set-based Python references (never the code under test)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losses
+import smc
+
+FUNDUS_PARTS = [(1,), (1, 2)]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def ref_agreement(a, b, parts):
+    """Per-sample mean over parts of (2|A&B|+1)/(|A|+|B|+1), with Python sets of pixel coordinates."""
+    out = []
+    for s in range(a.shape[0]):
+        scores = []
+        for part in parts:
+            A = {(h, w) for h in range(a.shape[1]) for w in range(a.shape[2]) if int(a[s, h, w]) in part}
+            B = {(h, w) for h in range(b.shape[1]) for w in range(b.shape[2]) if int(b[s, h, w]) in part}
+            scores.append((2 * len(A & B) + 1) / (len(A) + len(B) + 1))
+        out.append(sum(scores) / len(scores))
+    return out
+
+
+# ---------- agreement (Eq. 4/5) ----------
+def test_agreement_identical_disjoint_empty():
+    a = torch.tensor([[[0, 1], [2, 1]]])
+    assert smc.agreement(a, a.clone(), [(1,)]).tolist() == [1.0]
+    assert smc.agreement(a, a.clone(), [(1,), (2,)]).tolist() == [1.0]
+    ones, twos = torch.ones(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 2)
+    # part 1: |A| = 4, |B| = 0 -> 1/5; part 2 likewise -> mean 1/5
+    assert smc.agreement(ones, twos, [(1,), (2,)]).tolist() == pytest.approx([0.2])
+    bg = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert smc.agreement(bg, bg, [(1,)]).tolist() == [1.0]  # empty in both -> 1
+    assert smc.agreement(a, a, [(3,)]).tolist() == [1.0]  # a class absent from both maps
+
+
+def test_agreement_fundus_nested_parts():
+    a = torch.tensor([[[0, 1], [2, 2]]])
+    b = torch.tensor([[[1, 1], [2, 0]]])
+    # cup {1}: A = {(0,1)}, B = {(0,0),(0,1)} -> (2+1)/(1+2+1) = 3/4
+    # disc {1,2}: A = {(0,1),(1,0),(1,1)}, B = {(0,0),(0,1),(1,0)}, A&B = 2 -> 5/7; mean = 41/56
+    assert smc.agreement(a, b, FUNDUS_PARTS).tolist() == pytest.approx([41 / 56])
+
+
+def test_agreement_per_sample_matches_sets():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 3, (5, 4, 4), generator=g), torch.randint(0, 3, (5, 4, 4), generator=g)
+    b[0] = a[0]
+    got = smc.agreement(a, b, FUNDUS_PARTS)
+    assert got.shape == (5,) and got.dtype == torch.float32
+    assert got.tolist() == pytest.approx(ref_agreement(a, b, FUNDUS_PARTS), rel=1e-6)
+    assert got[0].item() == 1.0
+
+
+# ---------- SMC alpha (Eq. 4-6) ----------
+def test_smc_alpha_is_product_with_nearest_resize():
+    g = torch.Generator().manual_seed(3)
+    student = torch.randint(0, 3, (3, 4, 4), generator=g)  # U-Net maps at S = 4
+    teacher = torch.randint(0, 3, (3, 4, 4), generator=g)
+    sam = torch.randint(0, 3, (3, 2, 2), generator=g)  # SAM map at R = 2
+    sam[0] = teacher[0, ::2, ::2]  # torch nearest 4 -> 2 keeps rows/cols 0 and 2
+    phi_self, phi_mut = smc.smc_factors(student, teacher, sam, FUNDUS_PARTS)
+    want_self = ref_agreement(student, teacher, FUNDUS_PARTS)
+    want_mut = ref_agreement(teacher[:, ::2, ::2], sam, FUNDUS_PARTS)
+    assert phi_self.tolist() == pytest.approx(want_self, rel=1e-6)
+    assert phi_mut.tolist() == pytest.approx(want_mut, rel=1e-6)
+    assert phi_mut[0].item() == 1.0
+    alpha = smc.smc_alpha(student, teacher, sam, FUNDUS_PARTS)
+    assert alpha.tolist() == pytest.approx([s * m for s, m in zip(want_self, want_mut)], rel=1e-6)
+
+
+def test_smc_alpha_hand_example():
+    student = torch.tensor([[[1, 1, 0, 0]] * 4])  # cup in columns 0-1
+    teacher = torch.tensor([[[1, 0, 0, 0]] * 4])  # cup in column 0
+    sam = torch.tensor([[[1, 0], [1, 0]]])  # = nearest(teacher) -> Phi_mut = 1
+    # Phi_self, part (1,): |A| = 8, |B| = 4, inter 4 -> 9/13
+    assert smc.smc_alpha(student, teacher, sam, [(1,)]).tolist() == pytest.approx([9 / 13])
+    sam_other = torch.tensor([[[0, 1], [0, 1]]])  # disjoint from nearest(teacher): 1/(2+2+1)
+    assert smc.smc_alpha(student, teacher, sam_other, [(1,)]).tolist() == pytest.approx([9 / 13 / 5])
+
+
+# ---------- alpha strategies (Table 8) ----------
+def test_strategy_alpha_each():
+    ps, pm = torch.tensor([0.5, 1.0]), torch.tensor([0.8, 0.25])
+    expect = {"smc": [0.4, 0.25], "const": [0.5, 0.5], "linear": [0.25, 0.25], "self": [0.5, 1.0],
+              "mutual": [0.8, 0.25]}
+    assert set(smc.STRATEGIES) == set(expect) | {"cps"}
+    for name, want in expect.items():
+        for_sam, for_unet = smc.strategy_alpha(name, ps, pm, 25, 100)
+        assert for_sam is for_unet and for_sam.tolist() == pytest.approx(want), name
+    for_sam, for_unet = smc.strategy_alpha("cps", ps, pm, 25, 100)
+    assert for_sam.tolist() == [1.0, 1.0] and for_unet.tolist() == [0.0, 0.0]
+    lin, _ = smc.strategy_alpha("linear", ps, pm, torch.tensor(300), 100)  # tensor step, clamped
+    assert lin.tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="strategy"):
+        smc.strategy_alpha("nope", ps, pm, 0, 100)
+
+
+# ---------- ensemble (Eq. 3) ----------
+def test_ensemble_alpha_extremes_and_per_sample():
+    g = torch.Generator().manual_seed(0)
+    p_unet = torch.softmax(torch.randn(2, 3, 4, 4, generator=g), 1)
+    p_sam = torch.softmax(torch.randn(2, 3, 4, 4, generator=g), 1)
+    assert torch.equal(smc.ensemble(p_unet, p_sam, torch.zeros(2)), p_sam)
+    assert torch.equal(smc.ensemble(p_unet, p_sam, torch.ones(2)), p_unet)
+    out = smc.ensemble(p_unet, p_sam, torch.tensor([0.25, 1.0]))
+    torch.testing.assert_close(out[0], 0.25 * p_unet[0] + 0.75 * p_sam[0])
+    torch.testing.assert_close(out[1], p_unet[1])
+    torch.testing.assert_close(smc.ensemble(p_unet, p_sam, 0.5), 0.5 * (p_unet + p_sam))
+
+
+def test_ensemble_bilinear_upsample_hand():
+    # p_sam at R = 2, varying along the width only: columns v0, v1 -> at S = 4 (align_corners=False)
+    # the source x of output column j is (j + 0.5)/2 - 0.5 = -0.25, 0.25, 0.75, 1.25 (clamped at the ends)
+    v0, v1 = 0.2, 0.6
+    p_sam = torch.tensor([[[[v0, v1]] * 2, [[1 - v0, 1 - v1]] * 2]])
+    row = [v0, 0.75 * v0 + 0.25 * v1, 0.25 * v0 + 0.75 * v1, v1]
+    out = smc.ensemble(torch.zeros(1, 2, 4, 4), p_sam, torch.zeros(1))
+    assert out.shape == (1, 2, 4, 4)
+    for h in range(4):
+        assert out[0, 0, h].tolist() == pytest.approx(row, rel=1e-6)
+        assert out[0, 1, h].tolist() == pytest.approx([1 - v for v in row], rel=1e-6)
+
+
+# ---------- pseudo-label ----------
+def test_pseudo_label_threshold_edge():
+    p1 = torch.tensor([0.75, 0.74, 0.25])  # class-1 probability of three pixels
+    prob = torch.stack([1 - p1, p1]).view(1, 2, 1, 3)
+    label, weight = smc.pseudo_label(prob, 0.75)
+    assert label.dtype == torch.int64 and weight.dtype == torch.float32
+    assert label.tolist() == [[[1, 1, 0]]]
+    assert weight.tolist() == [[[1.0, 0.0, 1.0]]]  # max exactly tau counts
+
+
+# ---------- warm-up (Eq. 2) ----------
+def test_warmup_values():
+    assert smc.warmup(0, 1000) == pytest.approx(math.exp(-5))
+    assert smc.warmup(0, 1000) == pytest.approx(0.0067, abs=1e-4)
+    assert smc.warmup(500, 1000) == pytest.approx(math.exp(-1.25))
+    assert smc.warmup(500, 1000) == pytest.approx(0.2865, abs=1e-4)
+    assert smc.warmup(1000, 1000) == 1.0 and smc.warmup(5000, 1000) == 1.0 and smc.warmup(3, 0) == 1.0
+    assert isinstance(smc.warmup(10, 100), float)
+    t = smc.warmup(torch.tensor([0.0, 500.0, 1000.0]), 1000)
+    assert isinstance(t, torch.Tensor)
+    assert t.tolist() == pytest.approx([math.exp(-5), math.exp(-1.25), 1.0], rel=1e-6)
+
+
+# ---------- consensus masks (Eq. 8) ----------
+def test_consensus_masks_hand():
+    # SAM class-1 probs at R = 2: columns 0.9 | 0.45. NEAREST up to S = 4 -> argmax columns [1, 1, 0, 0]
+    # (bilinear would give 0.5625 in column 2 and flip it to class 1).
+    p1 = torch.tensor([[0.9, 0.45], [0.9, 0.45]])
+    p_sam = torch.stack([1 - p1, p1]).unsqueeze(0).requires_grad_(True)
+    q_unet = torch.tensor([[[1, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0], [1, 1, 0, 0]]])
+    p_unet = F.one_hot(q_unet, 2).permute(0, 3, 1, 2).float().requires_grad_(True)
+    m_c, m_d, m_c_r, m_d_r = smc.consensus_masks(p_unet, p_sam)
+    want = torch.tensor([[[[1.0, 1, 1, 1], [0, 1, 1, 0], [1, 0, 0, 1], [1, 1, 1, 1]]]])
+    # NEAREST down to R keeps pixels (0,0), (0,2), (2,0), (2,2) (block averages would all round to 1)
+    want_r = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
+    assert m_c.shape == (1, 1, 4, 4) and m_c_r.shape == (1, 1, 2, 2) and m_c.dtype == torch.float32
+    assert torch.equal(m_c, want) and torch.equal(m_d, 1 - want)
+    assert torch.equal(m_c_r, want_r) and torch.equal(m_d_r, 1 - want_r)
+    assert not any(m.requires_grad for m in (m_c, m_d, m_c_r, m_d_r))
+
+
+def test_nothing_nan_on_one_hot_and_zero_probs():
+    q = torch.tensor([[[0, 1], [2, 2]]])
+    onehot = F.one_hot(q, 3).permute(0, 3, 1, 2).float()
+    ens = smc.ensemble(onehot, torch.zeros(1, 3, 1, 1), torch.tensor([0.5]))
+    assert torch.isfinite(ens).all()
+    label, weight = smc.pseudo_label(onehot, 0.95)
+    assert torch.equal(label, q) and weight.eq(1).all()
+    assert torch.isfinite(smc.smc_alpha(q, q, q[:, :1, :1], FUNDUS_PARTS)).all()
+
+
+# ---------- the whole unlabeled branch: gradient contract, autocast, device ----------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("amp", [False, True])
+def test_fake_pipeline_gradient_flow(device, amp):
+    """Teachers -> SMC -> ensemble -> pseudo-labels; students -> L_u, L_c, L_d. Gradients must reach
+    both students' inputs through L_c + L_d, and nothing may reach the teachers' inputs."""
+    torch.manual_seed(0)
+    B, C, S, R = 2, 3, 8, 4
+    unet_s, unet_t = torch.nn.Conv2d(1, C, 3, padding=1).to(device), torch.nn.Conv2d(1, C, 3, padding=1).to(device)
+    sam_s, sam_t = torch.nn.Conv2d(3, C, 2, stride=2).to(device), torch.nn.Conv2d(3, C, 2, stride=2).to(device)
+    xs_unet = torch.randn(B, 1, S, S, device=device, requires_grad=True)  # student inputs (x_c)
+    xs_sam = torch.randn(B, 3, S, S, device=device, requires_grad=True)
+    xt_unet = torch.randn(B, 1, S, S, device=device, requires_grad=True)  # teacher inputs (x_u^w)
+    xt_sam = torch.randn(B, 3, S, S, device=device, requires_grad=True)
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    with torch.autocast(device, dtype=dtype, enabled=amp):
+        p_ut, p_ms = unet_t(xt_unet).softmax(1), sam_t(xt_sam).softmax(1)  # teachers (grad on purpose)
+        phi_self, phi_mut = smc.smc_factors(unet_s(xt_unet).argmax(1), p_ut.argmax(1), p_ms.argmax(1), [(1,), (2,)])
+        a_sam, a_unet = smc.strategy_alpha("smc", phi_self, phi_mut, 10, 100)
+        ens_unet = smc.ensemble(p_ut, p_ms, a_unet)
+        ens_sam = F.interpolate(smc.ensemble(p_ut, p_ms, a_sam), size=(R, R), mode="bilinear", align_corners=False)
+        (q_u, w_u), (q_s, w_s) = smc.pseudo_label(ens_unet, 0.4), smc.pseudo_label(ens_sam, 0.4)
+        for t in (phi_self, phi_mut, a_sam, ens_unet, q_u, w_u, q_s, w_s):
+            assert not t.requires_grad
+        logit_u, logit_s = unet_s(xs_unet), sam_s(xs_sam)
+        pc_ut, pc_ms = logit_u.softmax(1), logit_s.softmax(1)
+        m_c, m_d, m_c_r, _ = smc.consensus_masks(pc_ut, pc_ms)
+        l_c = 0.5 * (losses.entropy_loss(pc_ms, m_c_r) + losses.entropy_loss(pc_ut, m_c))
+        l_d = losses.divergence_loss(F.interpolate(pc_ms, size=(S, S), mode="nearest"), pc_ut, m_d)
+        l_u = (losses.ce_loss(logit_u, q_u, w_u) + losses.dice_loss(logit_u, q_u, w_u)
+               + losses.ce_loss(logit_s, q_s, w_s) + losses.dice_loss(logit_s, q_s, w_s))
+    for v in (l_c, l_d, l_u, phi_self, ens_unet):
+        assert v.dtype == torch.float32 and torch.isfinite(v).all()
+    assert 0 < m_c.mean() < 1  # both masks non-trivial, so both terms carry gradient
+    (l_c + l_d).backward(retain_graph=True)
+    for x in (xs_unet, xs_sam):
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    (smc.warmup(10, 100) * l_u).backward()
+    assert xt_unet.grad is None and xt_sam.grad is None
+    assert all(p.grad is None for p in [*unet_t.parameters(), *sam_t.parameters()])

@@ -1,0 +1,145 @@
+"""train.py on the real Fundus sample files with a tiny random SAM and a width-4 U-Net (seconds per run)."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import losses
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def args(shared_data, out, *extra):
+    # The sample set has one train image per fundus domain: 1 labeled (domain 1), 3 unlabeled, 4 test.
+    return ["--dataset", "fundus", "--data-root", str(shared_data), "--domain", "1", "--labeled", "1",
+            "--sam", "tiny", "--unet-width", "4", "--batch", "1", "1", "--steps", "4", "--eval-every", "2",
+            "--log-every", "1", "--device", "cpu", "--amp", "off", "--out", str(out), *extra]
+
+
+def read_rows(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def load(p):
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def test_resume_continues_exactly(shared_data, tmp_path):
+    full = train.train(args(shared_data, tmp_path / "full"))
+    part = train.train(args(shared_data, tmp_path / "part"), stop_at=2)
+    assert load(part / "last.pt")["step"] == 2
+    assert len(read_rows(part)) == 2
+    train.train(["--resume", str(part), "--device", "cpu"])
+    rows_full, rows_part = read_rows(full), read_rows(part)
+    assert [r["step"] for r in rows_part] == ["1", "2", "3", "4"]
+    for a, b in zip(rows_full, rows_part):
+        for k in ("loss", "L_x", "L_u", "L_c", "L_d", "alpha"):
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-5, abs=1e-7), (a["step"], k)
+    ca, cb = load(full / "last.pt"), load(part / "last.pt")
+    assert ca["step"] == cb["step"] == 4
+    for key in ("unet", "unet_ema", "sam", "sam_ema"):
+        for name in ca[key]:
+            assert torch.allclose(ca[key][name].float(), cb[key][name].float(), atol=1e-6), (key, name)
+    # the losses really move: the semi-supervised terms are not all zero
+    assert any(float(r["L_u"]) > 0 for r in rows_full)
+
+
+def test_run_folder_contents(shared_data, tmp_path):
+    run = train.train(args(shared_data, tmp_path / "r", "--steps", "2"))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["dataset"] == "fundus" and cfg["sam"] == "tiny" and cfg["unet_width"] == 4
+    ck = load(run / "last.pt")
+    assert ck["format"] == train.CKPT_FORMAT and ck["step"] == 2
+    assert set(ck) >= {"unet", "unet_ema", "sam", "sam_ema", "opt_unet", "opt_sam", "scaler", "rng", "config"}
+    assert (run / "best_test_selected.pt").exists()
+    log = (run / "log.txt").read_text()
+    assert "test Dice per domain" in log and "Domain4" in log
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == ["step", *train.METRIC_NAMES]
+
+
+def test_one_step_updates_and_ema(shared_data, tmp_path):
+    run = train.train(args(shared_data, tmp_path / "r", "--steps", "1", "--eval-every", "1"))
+    ck = load(run / "last.pt")
+    # step 0 uses EMA decay a_0 = 0: both teachers equal their students after the first step
+    for k, v in ck["sam"].items():
+        assert torch.equal(v, ck["sam_ema"][k]), k
+    for k, v in ck["unet"].items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, ck["unet_ema"][k]), k
+    # and the students moved away from their initialisation (same seed → same init)
+    torch.manual_seed(0)
+    unet, sam = train.build_models(ck["config"], "cpu")
+    moved = [k for k, v in unet.state_dict().items() if v.is_floating_point() and not torch.equal(v, ck["unet"][k])]
+    assert moved
+    moved_sam = [k for k, v in sam.trainable_state_dict().items() if not torch.equal(v, ck["sam"][k])]
+    assert any(k.endswith((".b_q", ".b_v")) for k in moved_sam) and any("mask_decoder" in k for k in moved_sam)
+
+
+@pytest.mark.parametrize("extra", [["--mode", "unet"], ["--mode", "medsam"], ["--mode", "suponly"],
+                                   ["--alpha", "cps"], ["--alpha", "linear"], ["--reg", "cr"], ["--reg", "none"]])
+def test_ablations_run(shared_data, tmp_path, extra):
+    run = train.train(args(shared_data, tmp_path / "r", "--steps", "2", *extra))
+    rows = read_rows(run)
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    ck = load(run / "last.pt")
+    if "--mode" in extra and extra[1] in ("unet", "suponly"):
+        assert ck["sam"] is None and ck["unet"] is not None
+    if extra == ["--mode", "medsam"]:
+        assert ck["unet"] is None and ck["sam"] is not None
+    if extra == ["--reg", "none"]:
+        assert all(float(r["L_c"]) == 0 and float(r["L_d"]) == 0 for r in rows)
+    if extra == ["--mode", "suponly"]:
+        assert all(float(r["L_u"]) == 0 for r in rows)
+
+
+def test_nonfinite_loss_stops_with_message(shared_data, tmp_path, monkeypatch):
+    real = losses.ce_loss
+    calls = {"n": 0}
+
+    def ce_nan_on_step_2(logits, target, weight=None):
+        calls["n"] += 1
+        out = real(logits, target, weight)
+        return out * float("nan") if calls["n"] > 4 else out  # 4 CE calls per synfoc step
+
+    monkeypatch.setattr(losses, "ce_loss", ce_nan_on_step_2)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2 .*L_x=nan"):
+        train.train(args(shared_data, tmp_path / "r", "--eval-every", "1"))
+    assert load(tmp_path / "r" / "last.pt")["step"] == 1
+
+
+def run_cli(*a):
+    return subprocess.run([sys.executable, "train.py", *a], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_one_line(shared_data, tmp_path):
+    base = args(shared_data, tmp_path / "r", "--steps", "1", "--eval-every", "1")
+    assert run_cli(*base).returncode == 0
+    r = run_cli(*base)  # the folder exists now
+    assert r.returncode == 2 and "exists" in r.stderr and "--resume" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("--dataset", "fundus", "--sam", "medsam", "--sam-ckpt", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "nope.pth" in r.stderr and "litemedsam" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+    r = run_cli("--dataset", "prostate", "--sam", "tiny", "--data-root", str(tmp_path / "missing"), "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(*base[:-2], "--out", str(tmp_path / "z"), "--domain", "7")
+    assert r.returncode == 2 and "domain" in r.stderr.lower() and "Traceback" not in r.stderr
+    r = run_cli("--resume", str(tmp_path / "r"), "--steps", "9")
+    assert r.returncode == 2 and "--steps" in r.stderr
+    r = run_cli("--resume", str(tmp_path / "nothing_here"))
+    assert r.returncode == 2 and "nothing_here" in r.stderr
+
+
+def test_flags_override_presets():
+    cfg = train.resolve_config(train.parse_args(["--dataset", "mnms", "--steps", "7", "--batch", "3", "1"]))
+    assert cfg["steps"] == 7 and cfg["batch"] == [3, 1] and cfg["num_classes"] == 4 and cfg["unet_size"] == 288
+    cfg = train.resolve_config(train.parse_args(["--dataset", "busi", "--labeled", "10"]))
+    assert cfg["labeled"] == 10 and cfg["labeled_ratio"] is None
+    cfg = train.resolve_config(train.parse_args(["--dataset", "busi"]))
+    assert cfg["labeled"] is None and cfg["labeled_ratio"] == pytest.approx(0.125)
