@@ -55,7 +55,6 @@ import csv
 import json
 import math
 import sys
-import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -74,7 +73,6 @@ import data
 
 PENALTY = 100.0  # HD95/ASD of a slice whose prediction or ground truth (not both) is empty (official)
 METRICS = ("dice", "jaccard", "hd95", "asd")
-CKPT_FORMAT = "synfoc-ckpt-1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # -----------------------------------------------------------------------------
@@ -250,33 +248,6 @@ def format_table(summary: dict, part_names: Sequence[str], title: str = "") -> s
 
 class EvalError(ValueError):
     """A user mistake on evaluate.py's command line (one line, printed as `error: ...`, exit 2)."""
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A SynFoC checkpoint dict (train.py's last.pt / best_test_selected.pt), loaded with weights_only=True;
-    a run folder means its last.pt. CheckpointError (one line) when it is missing, corrupt or not ours."""
-    from medsam_lora import CheckpointError
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found: expected a .pt file written by train.py or its run folder")
-    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load's errors on others are cryptic
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint of this project (expected "
-                              "the zip archive torch.save writes; a truncated copy?)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated/corrupt zip, or a pickle of arbitrary objects (refused by weights_only)
-        why = (str(e).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {why})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not a SynFoC checkpoint (expected a dict with format '{CKPT_FORMAT}' "
-                              "written by train.py)")
-    cfg = ck.get("config")
-    if not isinstance(cfg, dict) or cfg.get("dataset") not in data.PRESETS:
-        raise CheckpointError(f"{path} has no usable config (dataset {None if not isinstance(cfg, dict) else cfg.get('dataset')!r})")
-    return ck
 
 
 def resolve_root(dataset: str, given: str | Path) -> Path:
@@ -588,7 +559,9 @@ def run(argv: list[str] | None = None) -> int:
     User mistakes raise CheckpointError / DataError / EvalError (main() prints them)."""
     a = parse_args(argv)
     ck_path = Path(a.checkpoint)
-    ck = load_checkpoint(ck_path)
+    import train  # the checkpoint format's owner
+
+    ck = train.load_checkpoint(ck_path)
     ck_path = ck_path / "last.pt" if ck_path.is_dir() else ck_path
     cfg = ck["config"]
     want = which_models(ck, a.model)

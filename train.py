@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import evaluate
 import losses
 import smc
 from medsam_lora import CheckpointError, build_sam, make_teacher
@@ -79,14 +81,14 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--steps", type=int, help="total training steps T (default: preset)")
     p.add_argument("--batch", type=int, nargs=2, metavar=("L", "U"), help="labeled and unlabeled batch size (default: preset)")
     p.add_argument("--tau", type=float, help="pseudo-label confidence threshold (default 0.95)")
-    p.add_argument("--ema", type=float, help="EMA decay of both teachers (default 0.99)")
+    p.add_argument("--ema", type=float, help="EMA decay of both teachers (default 0.99; synthetic preset 0.95)")
     p.add_argument("--rank", type=int, help="LoRA rank (default 4)")
     p.add_argument("--lr-unet", type=float, help="U-Net SGD learning rate (default 0.03)")
-    p.add_argument("--lr-sam", type=float, help="SAM AdamW learning rate (default 1e-4)")
+    p.add_argument("--lr-sam", type=float, help="SAM AdamW learning rate (default 1e-4; synthetic preset 1e-3)")
     p.add_argument("--unet-width", type=int, help="U-Net base width (default: preset; 64 = paper)")
     p.add_argument("--eval-every", type=int, help="evaluate on every test split and write last.pt every N steps (default: preset)")
     p.add_argument("--log-every", type=int, help="write a metrics.csv row every N steps (default 10)")
-    p.add_argument("--test-limit", type=int, help="use only the first N test images per domain in periodic evaluation (default: all)")
+    p.add_argument("--test-limit", type=int, help="use only the first N test images per domain in periodic evaluation (default: preset; all for real datasets)")
     p.add_argument("--amp", choices=["off", "fp16", "bf16"], help="autocast (default: preset, else fp16 on CUDA, off on CPU)")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default: 4 on CUDA, 0 on CPU)")
@@ -106,7 +108,8 @@ def resolve_config(given: dict) -> dict:
     cfg = dict(
         dataset=dataset, domain=1, data_root="data", labeled=pre.get("labeled"), labeled_ratio=pre.get("labeled_ratio"),
         sam=pre.get("sam", "medsam"), sam_ckpt="checkpoints/medsam_vit_b.pth", mode="synfoc", alpha="smc", reg="cdcr",
-        steps=pre["steps"], batch=list(pre["batch"]), tau=0.95, ema=0.99, rank=4, lr_unet=0.03, lr_sam=1e-4,
+        steps=pre["steps"], batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4, lr_unet=0.03,
+        lr_sam=pre.get("lr_sam", 1e-4),
         unet_width=pre.get("unet_width", 64), eval_every=pre.get("eval_every", 1000), log_every=10,
         test_limit=pre.get("test_limit"), amp=pre.get("amp") or ("fp16" if device.startswith("cuda") else "off"),
         device=device, workers=4 if device.startswith("cuda") else 0, seed=0, out=None)
@@ -167,19 +170,6 @@ def ema_update(teacher: list[torch.Tensor], student: list[torch.Tensor], decay: 
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
 
 
-@torch.no_grad()
-def predict(unet, sam, img_unet: torch.Tensor | None, img_sam: torch.Tensor | None, size: int, amp) -> dict:
-    """Test-time label maps at the U-Net size S: {"unet": int64[B,S,S], "medsam": int64[B,S,S]} (SPEC §6)."""
-    out = {}
-    with amp():
-        if unet is not None:
-            out["unet"] = unet(img_unet).float().argmax(1)                                  # [B, S, S]
-        if sam is not None:
-            logits = F.interpolate(sam(img_sam).float(), size=(size, size), mode="bilinear", align_corners=False)
-            out["medsam"] = logits.argmax(1)                                                # [B, S, S]
-    return out
-
-
 def part_dice(pred: torch.Tensor, gt: torch.Tensor, parts: list[list[int]]) -> torch.Tensor:
     """Dice per sample and part with the SPEC §6 empty policy (both empty → 1, one empty → 0): float[B, P]."""
     cols = []
@@ -191,14 +181,14 @@ def part_dice(pred: torch.Tensor, gt: torch.Tensor, parts: list[list[int]]) -> t
     return torch.stack(cols, 1)
 
 
-def evaluate_students(unet, sam, loader, cfg: dict, device, amp) -> dict[str, dict[int, float]]:
+def evaluate_students(unet, sam, loader, cfg: dict, device, amp_dtype) -> dict[str, dict[int, float]]:
     """Mean Dice (over slices, then parts) per domain for each student, on the test loader."""
+    models = {n: m for n, m in (("unet", unet), ("medsam", sam)) if m is not None}
     sums: dict[str, dict[int, list[float]]] = {}
-    for m in (unet, sam):
-        if m is not None:
-            m.eval()
+    for m in models.values():
+        m.eval()
     for b in loader:
-        preds = predict(unet, sam, b["img_unet"].to(device), b["img_sam"].to(device), cfg["unet_size"], amp)
+        preds = evaluate.predict(models, b["img_unet"].to(device), b["img_sam"].to(device), cfg["unet_size"], amp_dtype)
         gt = b["label_unet"].to(device)
         for name, pred in preds.items():
             d = part_dice(pred, gt, cfg["parts"]).mean(1).cpu()                            # [B]
@@ -206,9 +196,8 @@ def evaluate_students(unet, sam, loader, cfg: dict, device, amp) -> dict[str, di
                 s = sums.setdefault(name, {}).setdefault(dom, [0.0, 0])
                 s[0] += v
                 s[1] += 1
-    for m in (unet, sam):
-        if m is not None:
-            m.train()
+    for m in models.values():
+        m.train()
     return {name: {dom: s / n for dom, (s, n) in sorted(doms.items())} for name, doms in sums.items()}
 
 
@@ -256,18 +245,27 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load one of our checkpoints with weights_only=True, or raise CheckpointError with one line."""
+    """A SynFoC checkpoint dict (train.py's last.pt / best_test_selected.pt), loaded with weights_only=True;
+    a run folder means its last.pt. CheckpointError (one line) when it is missing, corrupt or not ours."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found (expected a run folder with last.pt, or a .pt file)")
+        raise CheckpointError(f"checkpoint {path} not found: expected a .pt file written by train.py or its run folder")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load's errors on others are cryptic
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint of this project (expected "
+                              "the zip archive torch.save writes; a truncated copy?)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, or a pickle of arbitrary objects
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    except Exception as e:  # truncated/corrupt zip, or a pickle of arbitrary objects (refused by weights_only)
+        why = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {why})") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not a SynFoC checkpoint of this project (no format '{CKPT_FORMAT}')")
+        raise CheckpointError(f"{path} is not a SynFoC checkpoint (expected a dict with format '{CKPT_FORMAT}' "
+                              "written by train.py)")
+    cfg = ck.get("config")
+    if not isinstance(cfg, dict) or cfg.get("dataset") not in data.PRESETS:
+        raise CheckpointError(f"{path} has no usable config (dataset {None if not isinstance(cfg, dict) else cfg.get('dataset')!r})")
     return ck
 
 
@@ -532,7 +530,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             n_acc = 0
             bar.set_postfix(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}", dice=f"{last_dice:.3f}")
         if done % cfg["eval_every"] == 0 or done == T:
-            res = evaluate_students(unet, sam, test_loader, cfg, device, amp)
+            res = evaluate_students(unet, sam, test_loader, cfg, device, amp_dtype)
             mean = {n: float(np.mean(list(r.values()))) for n, r in res.items()}
             headline = mean.get("medsam", mean.get("unet"))
             last_dice = headline

@@ -56,7 +56,7 @@ def test_presets_contract():
     assert [data.PRESETS[k]["unet_size"] for k in ("fundus", "prostate", "mnms", "busi")] == [256, 384, 288, 256]
     syn = data.PRESETS["synthetic"]
     assert (syn["layout"], syn["unet_width"], syn["sam"], syn["amp"], syn["batch"], syn["steps"]) == \
-        ("fundus", 16, "litemedsam", "bf16", (1, 1), 200)
+        ("fundus", 16, "litemedsam", "bf16", (1, 1), 120)
 
 
 # ----------------------------------------------------------------------------- real fixtures
