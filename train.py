@@ -20,7 +20,10 @@ One iteration follows SPEC §3 (equation numbers of the paper in the comments):
 Run folder runs/<name>/: config.json, log.txt, metrics.csv (every --log-every steps), last.pt (every
 --eval-every steps, after evaluating both students on every domain's test split), best_test_selected.pt
 (the best mean test Dice: the paper's optimistic protocol, kept apart). Checkpoints are plain dicts
-(torch.load(p, weights_only=True)) written atomically; --resume continues bit-for-bit on the same device.
+(torch.load(p, weights_only=True)) written atomically; --resume continues exactly (the same per-step losses
+and final weights as an uninterrupted run; tested on CPU). metrics.csv columns: loss, L_x, L_u, L_c, L_d (with
+--reg cr the plain MSE term is logged as L_c), λ, mean α, Φself, Φmut, the pseudo-label mask ratio and the Dice
+of the SAM-teacher, U-Net-teacher and ensemble pseudo-labels against the unlabeled ground truth (paper Fig. 6).
 """
 from __future__ import annotations
 

@@ -83,7 +83,8 @@ def test_one_step_updates_and_ema(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--mode", "unet"], ["--mode", "medsam"], ["--mode", "suponly"],
-                                   ["--alpha", "cps"], ["--alpha", "linear"], ["--reg", "cr"], ["--reg", "none"]])
+                                   ["--alpha", "cps"], ["--alpha", "linear"], ["--reg", "cr"], ["--reg", "none"],
+                                   ["--amp", "fp16"], ["--amp", "bf16"]])
 def test_ablations_run(shared_data, tmp_path, extra):
     run = train.train(args(shared_data, tmp_path / "r", "--steps", "2", *extra))
     rows = read_rows(run)
@@ -97,6 +98,8 @@ def test_ablations_run(shared_data, tmp_path, extra):
         assert all(float(r["L_c"]) == 0 and float(r["L_d"]) == 0 for r in rows)
     if extra == ["--mode", "suponly"]:
         assert all(float(r["L_u"]) == 0 for r in rows)
+    if extra == ["--amp", "fp16"]:  # one GradScaler for both optimisers, saved for resume
+        assert ck["scaler"] and ck["scaler"]["scale"] > 0
 
 
 def test_nonfinite_loss_stops_with_message(shared_data, tmp_path, monkeypatch):
