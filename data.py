@@ -309,6 +309,12 @@ def _chw(img: np.ndarray, channels: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
 
 
+def to_input(img: np.ndarray, size: int, channels: int) -> torch.Tensor:
+    """An image (uint8 [H,W(,3)] or float32 [H,W,c]) as a model input: float32 [channels,size,size] in [0,1].
+    The one preprocessing of every model input, also for new images in evaluate.py."""
+    return _chw(_resize(img, size), channels)
+
+
 def weak_augment(img: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """SPEC §5 weak view of a square float image [n,n,c] and label [n,n], each op with p 0.5: scale-crop
     (scale U(1,1.5) per axis), rotation (integer degrees in [-20,20], fill 0 = background), horizontal
@@ -390,7 +396,7 @@ class _TrainSet(torch.utils.data.Dataset):
         return img, lab, rng
 
     def _views(self, img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return _chw(_resize(img, self.I), 3), _chw(_resize(img, self.S), self.p["in_channels"])
+        return to_input(img, self.I, 3), to_input(img, self.S, self.p["in_channels"])
 
     def _labels(self, lab: np.ndarray) -> dict:
         return dict(label_sam=torch.from_numpy(np.ascontiguousarray(_nearest(lab, self.R), np.int64)),
@@ -440,7 +446,7 @@ class TestSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         path, masks, domain = self.cases[index]
         img, lab = load_case(self.dataset, path, masks)
-        return dict(img_sam=_chw(_resize(img, self.I), 3), img_unet=_chw(_resize(img, self.S), self.p["in_channels"]),
+        return dict(img_sam=to_input(img, self.I, 3), img_unet=to_input(img, self.S, self.p["in_channels"]),
                     label_unet=torch.from_numpy(np.ascontiguousarray(_nearest(lab, self.S), np.int64)),
                     name=Path(path).stem, domain=int(domain))
 

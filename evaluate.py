@@ -467,12 +467,6 @@ def read_image(path: Path, channels: int) -> np.ndarray:
         return np.asarray(im)
 
 
-def prepare(img: np.ndarray, size: int, channels: int) -> torch.Tensor:
-    """uint8 [H,W] or [H,W,3] -> float32 [channels,size,size] in [0,1], with data.py's own test-time resizing
-    (the exact preprocessing of data.TestSet, so a new image is seen the way the test images were)."""
-    return data._chw(data._resize(img, size), channels)
-
-
 def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
     """Nearest resize of an int label map [s,s] to [h,w] (pixel-centre sampling)."""
     s0, s1 = label.shape
@@ -504,8 +498,8 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, 
             tqdm.write(f"skipped {p}: unreadable image ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})",
                        file=sys.stderr)
             continue
-        x_unet = prepare(img, S, cfg["in_channels"])[None].to(device)
-        x_sam = prepare(img, sam_size, 3)[None].to(device)
+        x_unet = data.to_input(img, S, cfg["in_channels"])[None].to(device)
+        x_sam = data.to_input(img, sam_size, 3)[None].to(device)
         label = next(iter(predict(models, x_unet, x_sam, S, amp).values()))[0].cpu().numpy()
         label = resize_label(label, img.shape[0], img.shape[1])
         Image.fromarray(data.encode_mask(dataset, label)).save(out / f"{stem}.png")

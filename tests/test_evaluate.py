@@ -236,12 +236,12 @@ def test_evaluate_cases_rows_match_direct_computation(shared_data, tmp_path):
     assert len(list(tmp_path.glob("*.png"))) == 2 * 4  # one overlay per domain and model
 
 
-def test_prepare_matches_testset(shared_data):
+def test_new_image_input_matches_testset(shared_data):
     path, masks, dom = data.test_cases("fundus", shared_data / "Fundus")[0]
     item = data.TestSet("fundus", [(path, masks, dom)], 64)[0]
     img = evaluate.read_image(Path(path), 3)
-    assert torch.allclose(evaluate.prepare(img, 256, 3), item["img_unet"], atol=1e-6)
-    assert torch.allclose(evaluate.prepare(img, 64, 3), item["img_sam"], atol=1e-6)
+    assert torch.allclose(data.to_input(img, 256, 3), item["img_unet"], atol=1e-6)
+    assert torch.allclose(data.to_input(img, 64, 3), item["img_sam"], atol=1e-6)
 
 
 def test_resize_label_nearest():
