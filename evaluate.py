@@ -552,11 +552,10 @@ def run(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (0, or 1 when some --images files were unreadable).
     User mistakes raise CheckpointError / DataError / EvalError (main() prints them)."""
     a = parse_args(argv)
-    ck_path = Path(a.checkpoint)
     import train  # the checkpoint format's owner
 
+    ck_path = train.checkpoint_path(a.checkpoint)
     ck = train.load_checkpoint(ck_path)
-    ck_path = ck_path / "last.pt" if ck_path.is_dir() else ck_path
     cfg = ck["config"]
     want = which_models(ck, a.model)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -247,12 +247,16 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder meaning its last.pt."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A SynFoC checkpoint dict (train.py's last.pt / best_test_selected.pt), loaded with weights_only=True;
     a run folder means its last.pt. CheckpointError (one line) when it is missing, corrupt or not ours."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
+    path = checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found: expected a .pt file written by train.py or its run folder")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load's errors on others are cryptic
@@ -312,8 +316,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     overwrite = given.pop("overwrite", False)
     ckpt = None
     if resume is not None:
-        path = Path(resume or resolve_config(given)["out"])
-        path = path / "last.pt" if path.is_dir() or not path.suffix else path
+        path = checkpoint_path(resume or resolve_config(given)["out"])
         ckpt = load_checkpoint(path)
         saved, fresh = ckpt["config"], resolve_config(given)
         for k in sorted(set(given) - {"device", "workers"}):
