@@ -50,7 +50,6 @@ Metric speed: `python bench_metrics.py` (medpy side by side when it is installed
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
@@ -60,16 +59,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 from tqdm import tqdm
 
 import data
-
-# train.py and medsam_lora.py (segment_anything, the models) are imported where the models are needed,
-# so the metrics (and bench_metrics.py) load without them.
+from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
 
 PENALTY = 100.0  # HD95/ASD of a slice whose prediction or ground truth (not both) is empty (official)
 METRICS = ("dice", "jaccard", "hd95", "asd")
@@ -276,38 +272,6 @@ def resolve_root(dataset: str, given: str | Path) -> Path:
     return root
 
 
-def build_students(ck: dict, device: torch.device, want: Sequence[str], sam_ckpt: str | None) -> dict[str, torch.nn.Module]:
-    """The students of a checkpoint, in eval mode: {"medsam": SamSeg, "unet": UNet} for the names in `want`.
-    The tiny/random parts are rebuilt with the training seed, so a `--sam tiny` run gets its frozen encoder
-    back exactly (only trainable tensors are stored)."""
-    import train
-    from medsam_lora import CheckpointError
-
-    cfg = dict(ck["config"])
-    if sam_ckpt is not None:
-        cfg["sam_ckpt"] = sam_ckpt
-    if "medsam" not in want and ck.get("unet") is not None:
-        cfg["mode"] = "unet"  # U-Net only: do not build (or need the weights of) the foundation model
-    torch.manual_seed(int(cfg.get("seed", 0)))  # train.py seeds right before build_models: same random init
-    try:
-        unet, sam = train.build_models(cfg, device)
-    except CheckpointError as e:
-        hint = "" if sam_ckpt else " (pass the base MedSAM weights with --sam-ckpt PATH)"
-        raise CheckpointError(f"{e}{hint}") from None
-    models: dict[str, torch.nn.Module] = {}
-    try:
-        if "medsam" in want and sam is not None:
-            sam.load_trainable_state_dict({k: v.to(device) for k, v in ck["sam"].items()})
-            models["medsam"] = sam.eval()
-        if "unet" in want and unet is not None:
-            unet.load_state_dict(ck["unet"])
-            models["unet"] = unet.eval()
-    except (RuntimeError, KeyError, AttributeError) as e:  # strict loading: missing/unexpected/mis-shaped tensors
-        why = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"the weights in the checkpoint do not fit the models rebuilt from its config ({why})") from None
-    return models
-
-
 def which_models(ck: dict, choice: str | None) -> list[str]:
     """Model names to run for --model (None: the student MedSAM if the checkpoint has one, else the U-Net)."""
     have = [n for n, k in (("medsam", "sam"), ("unet", "unet")) if ck.get(k) is not None]
@@ -319,24 +283,6 @@ def which_models(ck: dict, choice: str | None) -> list[str]:
         raise EvalError(f"--model {choice}: the checkpoint has no {' and no '.join(missing)} student "
                         f"(trained with --mode {ck['config'].get('mode')}); it has: {', '.join(have) or 'none'}")
     return want
-
-
-@torch.no_grad()
-def predict(models: dict[str, torch.nn.Module], img_unet: torch.Tensor, img_sam: torch.Tensor, size: int,
-            amp: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """Label maps at the U-Net size S (SPEC §6): img_unet float[B,C_in,S,S], img_sam float[B,3,I,I] in [0,1]
-    -> {name: int64[B,S,S]}; SAM logits [B,C,R,R] are upsampled bilinearly to S before the argmax."""
-    out = {}
-    ctx = torch.autocast(img_unet.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    with ctx:
-        if "unet" in models:
-            out["unet"] = models["unet"](img_unet).float().argmax(1)
-        if "medsam" in models:
-            logits = models["medsam"](img_sam).float()
-            if logits.shape[-1] != size:
-                logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-            out["medsam"] = logits.argmax(1)
-    return out
 
 
 # -----------------------------------------------------------------------------
@@ -552,10 +498,9 @@ def run(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (0, or 1 when some --images files were unreadable).
     User mistakes raise CheckpointError / DataError / EvalError (main() prints them)."""
     a = parse_args(argv)
-    import train  # the checkpoint format's owner
 
-    ck_path = train.checkpoint_path(a.checkpoint)
-    ck = train.load_checkpoint(ck_path)
+    ck_path = checkpoint_path(a.checkpoint)
+    ck = load_checkpoint(ck_path)
     cfg = ck["config"]
     want = which_models(ck, a.model)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -31,10 +31,8 @@ import argparse
 import contextlib
 import csv
 import json
-import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +41,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import evaluate
 import losses
 import smc
-from medsam_lora import CheckpointError, build_sam, make_teacher
+from checkpoint import (CKPT_FORMAT, TINY_SAM, build_models, checkpoint_path, load_checkpoint, predict, save_atomic,
+                        uses)
+from medsam_lora import CheckpointError, make_teacher
 from unet import UNet
 
-CKPT_FORMAT = "synfoc-ckpt-1"
-# `--sam tiny`: a random, tiny ViT with MedSAM's module and key names, for tests and smoke runs only.
-TINY_SAM = dict(image_size=64, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,))
 METRIC_NAMES = ["loss", "L_x", "L_u", "L_c", "L_d", "lambda", "alpha", "phi_self", "phi_mut", "mask_ratio",
                 "dice_sam_teacher", "dice_unet_teacher", "dice_ensemble"]
 
@@ -144,28 +140,6 @@ def resolve_config(given: dict) -> dict:
 
 # ----------------------------------------------------------------------------- models
 
-def uses(cfg: dict) -> tuple[bool, bool]:
-    """(trains the U-Net, trains SAM) for this mode."""
-    return cfg["mode"] in ("synfoc", "unet", "suponly"), cfg["mode"] in ("synfoc", "medsam")
-
-
-def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
-    """The two students of a (saved) config; a model the mode does not train is None."""
-    use_unet, use_sam = uses(cfg)
-    unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"]).to(device) if use_unet else None
-    sam = None
-    if use_sam:
-        if cfg["sam"] == "tiny":
-            tiny = dict(cfg["sam_tiny"], global_attn_indexes=tuple(cfg["sam_tiny"]["global_attn_indexes"]))
-            sam = build_sam("medsam", cfg["num_classes"], None, cfg["rank"], **tiny)
-        elif cfg["sam"] == "medsam":
-            sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"])
-        else:
-            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"])
-        sam = sam.to(device)
-    return unet, sam
-
-
 @torch.no_grad()
 def ema_update(teacher: list[torch.Tensor], student: list[torch.Tensor], decay: float) -> None:
     """teacher ← decay·teacher + (1 − decay)·student, parameter by parameter (BN buffers are not averaged)."""
@@ -191,7 +165,7 @@ def evaluate_students(unet, sam, loader, cfg: dict, device, amp_dtype) -> dict[s
     for m in models.values():
         m.eval()
     for b in loader:
-        preds = evaluate.predict(models, b["img_unet"].to(device), b["img_sam"].to(device), cfg["unet_size"], amp_dtype)
+        preds = predict(models, b["img_unet"].to(device), b["img_sam"].to(device), cfg["unet_size"], amp_dtype)
         gt = b["label_unet"].to(device)
         for name, pred in preds.items():
             d = part_dice(pred, gt, cfg["parts"]).mean(1).cpu()                            # [B]
@@ -239,42 +213,6 @@ def resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- checkpoints and logs
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder meaning its last.pt."""
-    path = Path(path)
-    return path / "last.pt" if path.is_dir() else path
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A SynFoC checkpoint dict (train.py's last.pt / best_test_selected.pt), loaded with weights_only=True;
-    a run folder means its last.pt. CheckpointError (one line) when it is missing, corrupt or not ours."""
-    path = checkpoint_path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found: expected a .pt file written by train.py or its run folder")
-    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load's errors on others are cryptic
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint of this project (expected "
-                              "the zip archive torch.save writes; a truncated copy?)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated/corrupt zip, or a pickle of arbitrary objects (refused by weights_only)
-        why = (str(e).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {why})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not a SynFoC checkpoint (expected a dict with format '{CKPT_FORMAT}' "
-                              "written by train.py)")
-    cfg = ck.get("config")
-    if not isinstance(cfg, dict) or cfg.get("dataset") not in data.PRESETS:
-        raise CheckpointError(f"{path} has no usable config (dataset {None if not isinstance(cfg, dict) else cfg.get('dataset')!r})")
-    return ck
-
 
 class Log:
     """log.txt (human) + metrics.csv (one row per logging interval), both appended, so resume continues them."""

@@ -1,0 +1,135 @@
+"""A run's models and checkpoints: build the students from a config, save / load checkpoints, predict.
+
+    unet, sam = build_models(cfg, device)        # the students of a config (None where the mode has none)
+    save_atomic(obj, path)                       # torch.save to path.tmp, then rename
+    ck = load_checkpoint("runs/x")               # a run folder means its last.pt; CheckpointError otherwise
+    models = build_students(ck, device, ["medsam", "unet"], sam_ckpt=None)   # eval-mode students
+    preds = predict(models, img_unet, img_sam, S, amp_dtype)                 # {name: int64 [B,S,S]}
+
+Shared by train.py (periodic evaluation, resume) and evaluate.py / the benchmarks, so imports go one
+way: train.py and evaluate.py import this file, never each other. A checkpoint is a plain dict
+(torch.load(p, weights_only=True)): format, step, config, best_dice, unet, unet_ema, sam, sam_ema
+(SAM: only its trainable tensors), opt_unet, opt_sam, scaler, rng.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import data
+from medsam_lora import CheckpointError, build_sam
+from unet import UNet
+
+CKPT_FORMAT = "synfoc-ckpt-1"
+# `--sam tiny`: a random, tiny ViT with MedSAM's module and key names, for tests and smoke runs only.
+TINY_SAM = dict(image_size=64, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,))
+
+def uses(cfg: dict) -> tuple[bool, bool]:
+    """(trains the U-Net, trains SAM) for this mode."""
+    return cfg["mode"] in ("synfoc", "unet", "suponly"), cfg["mode"] in ("synfoc", "medsam")
+
+
+def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
+    """The two students of a (saved) config; a model the mode does not train is None."""
+    use_unet, use_sam = uses(cfg)
+    unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"]).to(device) if use_unet else None
+    sam = None
+    if use_sam:
+        if cfg["sam"] == "tiny":
+            tiny = dict(cfg["sam_tiny"], global_attn_indexes=tuple(cfg["sam_tiny"]["global_attn_indexes"]))
+            sam = build_sam("medsam", cfg["num_classes"], None, cfg["rank"], **tiny)
+        elif cfg["sam"] == "medsam":
+            sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"])
+        else:
+            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"])
+        sam = sam.to(device)
+    return unet, sam
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder meaning its last.pt."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A SynFoC checkpoint dict (train.py's last.pt / best_test_selected.pt), loaded with weights_only=True;
+    a run folder means its last.pt. CheckpointError (one line) when it is missing, corrupt or not ours."""
+    path = checkpoint_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found: expected a .pt file written by train.py or its run folder")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; torch.load's errors on others are cryptic
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint of this project (expected "
+                              "the zip archive torch.save writes; a truncated copy?)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated/corrupt zip, or a pickle of arbitrary objects (refused by weights_only)
+        why = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {why})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not a SynFoC checkpoint (expected a dict with format '{CKPT_FORMAT}' "
+                              "written by train.py)")
+    cfg = ck.get("config")
+    if not isinstance(cfg, dict) or cfg.get("dataset") not in data.PRESETS:
+        raise CheckpointError(f"{path} has no usable config (dataset {None if not isinstance(cfg, dict) else cfg.get('dataset')!r})")
+    return ck
+
+
+def build_students(ck: dict, device: torch.device, want: Sequence[str], sam_ckpt: str | None) -> dict[str, torch.nn.Module]:
+    """The students of a checkpoint, in eval mode: {"medsam": SamSeg, "unet": UNet} for the names in `want`.
+    The tiny/random parts are rebuilt with the training seed, so a `--sam tiny` run gets its frozen encoder
+    back exactly (only trainable tensors are stored)."""
+    cfg = dict(ck["config"])
+    if sam_ckpt is not None:
+        cfg["sam_ckpt"] = sam_ckpt
+    if "medsam" not in want and ck.get("unet") is not None:
+        cfg["mode"] = "unet"  # U-Net only: do not build (or need the weights of) the foundation model
+    torch.manual_seed(int(cfg.get("seed", 0)))  # train.py seeds right before build_models: same random init
+    try:
+        unet, sam = build_models(cfg, device)
+    except CheckpointError as e:
+        hint = "" if sam_ckpt else " (pass the base MedSAM weights with --sam-ckpt PATH)"
+        raise CheckpointError(f"{e}{hint}") from None
+    models: dict[str, torch.nn.Module] = {}
+    try:
+        if "medsam" in want and sam is not None:
+            sam.load_trainable_state_dict({k: v.to(device) for k, v in ck["sam"].items()})
+            models["medsam"] = sam.eval()
+        if "unet" in want and unet is not None:
+            unet.load_state_dict(ck["unet"])
+            models["unet"] = unet.eval()
+    except (RuntimeError, KeyError, AttributeError) as e:  # strict loading: missing/unexpected/mis-shaped tensors
+        why = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"the weights in the checkpoint do not fit the models rebuilt from its config ({why})") from None
+    return models
+
+
+@torch.no_grad()
+def predict(models: dict[str, torch.nn.Module], img_unet: torch.Tensor, img_sam: torch.Tensor, size: int,
+            amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Label maps at the U-Net size S (SPEC §6): img_unet float[B,C_in,S,S], img_sam float[B,3,I,I] in [0,1]
+    -> {name: int64[B,S,S]}; SAM logits [B,C,R,R] are upsampled bilinearly to S before the argmax."""
+    out = {}
+    ctx = torch.autocast(img_unet.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    with ctx:
+        if "unet" in models:
+            out["unet"] = models["unet"](img_unet).float().argmax(1)
+        if "medsam" in models:
+            logits = models["medsam"](img_sam).float()
+            if logits.shape[-1] != size:
+                logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+            out["medsam"] = logits.argmax(1)
+    return out
