@@ -21,7 +21,7 @@ Values are identical (float equality) to medpy's: tests/test_metrics.py checks t
 `python bench/metrics.py` times both. Why it is faster than medpy: everything runs on the bounding box
 of P ∪ G (erosion with outside = background and the distances between surface pixels do not change
 when all-background rows, columns or planes are cut away), the surface comes from shifted views instead
-of a morphological erosion, the distances come from one pairwise matrix for small surfaces or one
+of a morphological erosion, the distances come from one int32 pairwise matrix for small surfaces or one
 distance transform of the crop for large ones (medpy transforms the whole image three times for
 hd95 + asd), and the 95th percentile is two partitions instead of a sort.
 """
@@ -32,12 +32,11 @@ from typing import Sequence
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
-from scipy.spatial.distance import cdist
 
 PENALTY = 100.0  # HD95 / ASD when exactly one of prediction and ground truth is empty (official evaluation)
 METRICS = ("dice", "jaccard", "hd95", "asd")
 _EMPTY_BOTH = {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0}
-_CDIST_MAX = 400_000  # pairs; above this one distance transform of the crop is cheaper (measured, 2-core CPU)
+_PAIRS_MAX = 400_000  # surface pixel pairs; above, one distance transform of the crop is cheaper (2-core CPU)
 
 
 def part_mask(label: np.ndarray, part: Sequence[int]) -> np.ndarray:
@@ -84,15 +83,38 @@ def surface_distances(p_surf: np.ndarray, g_surf: np.ndarray) -> tuple[np.ndarra
     """(distances P->G, distances G->P), float64 [n_P] and [n_G], for two non-empty n-D boolean surface
     masks of one shape; each surface pixel of the first (row-major order) to the nearest of the second.
 
-    Both ways give sqrt of the exact integer squared distance (the coordinates are small integers and
-    sqrt is correctly rounded), hence the same floats as medpy's distance_transform_edt(~G)[P]."""
-    a, b = np.argwhere(p_surf), np.argwhere(g_surf)
-    if len(a) * len(b) <= _CDIST_MAX:
-        d2 = cdist(a.astype(np.float64), b.astype(np.float64), "sqeuclidean")
-        return np.sqrt(d2.min(axis=1)), np.sqrt(d2.min(axis=0))
+    Both ways give sqrt of the exact integer squared distance, hence the same floats as medpy's
+    distance_transform_edt(~G)[P] (sqrt is correctly rounded)."""
+    ca, cb = np.nonzero(p_surf), np.nonzero(g_surf)  # row-major order, one index array per axis
+    if ca[0].size * cb[0].size <= _PAIRS_MAX and max(p_surf.shape) < 20_000:  # int32 squared sums cannot overflow
+        # All pairs in int32: cheaper than scipy's float64 cdist, and the two min-reductions run on half the
+        # bytes. The [n, m] matrices live in reused scratch memory: fresh ones this size come from mmap and
+        # their page faults cost more than the arithmetic.
+        n, m = ca[0].size, cb[0].size
+        d2, d = _scratch(n * m)
+        d2, d = d2.reshape(n, m), d.reshape(n, m)
+        for axis, (ia, ib) in enumerate(zip(ca, cb)):
+            np.subtract(ia.astype(np.int32)[:, None], ib.astype(np.int32)[None, :], out=d if axis else d2)
+            if axis:
+                np.multiply(d, d, out=d)
+                d2 += d
+            else:
+                np.multiply(d2, d2, out=d2)
+        return np.sqrt(d2.min(axis=1).astype(np.float64)), np.sqrt(d2.min(axis=0).astype(np.float64))
     # Large surfaces: the distance transform of the crop; every zero (surface pixel) lies inside the crop,
     # so the nearest one is found there.
     return distance_transform_edt(~g_surf)[p_surf], distance_transform_edt(~p_surf)[g_surf]
+
+
+_SCRATCH: list[np.ndarray] = [np.empty(0, np.int32), np.empty(0, np.int32)]
+
+
+def _scratch(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two int32 work vectors of `size` elements, reused between calls (grown when needed). Not thread-safe:
+    metrics run in one thread."""
+    if _SCRATCH[0].size < size:
+        _SCRATCH[:] = [np.empty(size, np.int32), np.empty(size, np.int32)]
+    return _SCRATCH[0][:size], _SCRATCH[1][:size]
 
 
 def _box(union: np.ndarray) -> tuple[slice, ...] | None:
@@ -104,6 +126,21 @@ def _box(union: np.ndarray) -> tuple[slice, ...] | None:
         if idx.size == 0:
             return None
         box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)
+
+
+def _label_box(pred: np.ndarray, gt: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero labels of two label maps of one shape, None when both are all zero.
+    Axis by axis, each on the band already found (cheaper than building the full boolean union)."""
+    box = []
+    for ax in range(pred.ndim):
+        other = tuple(i for i in range(pred.ndim) if i != ax)
+        idx = np.flatnonzero(pred.any(axis=other) | gt.any(axis=other))
+        if idx.size == 0:
+            return None
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+        band = (slice(None),) * ax + (box[-1],)
+        pred, gt = pred[band], gt[band]
     return tuple(box)
 
 
@@ -139,7 +176,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, parts: Sequence[Sequence[int]
     if any(0 in p for p in parts):  # a part containing background: no common crop, do each in full
         return [part_metrics(part_mask(pred, p), part_mask(gt, p)) for p in parts]
     # One crop for all parts: every part lies inside the box of the non-background pixels of both maps.
-    box = _box((pred != 0) | (gt != 0))
+    box = _label_box(pred, gt)
     if box is None:
         return [dict(_EMPTY_BOTH) for _ in parts]
     pc, gc = pred[box], gt[box]

@@ -90,7 +90,7 @@ def test_large_noisy_surfaces_use_the_distance_transform_path_and_still_match():
     rng = np.random.default_rng(1)
     pred, gt = rng.random((48, 48)) < 0.5, rng.random((48, 48)) < 0.4
     n, m = len(brute_surface(pred)), len(brute_surface(gt))
-    assert n * m > metrics._CDIST_MAX  # the branch that uses the distance transform of the crop
+    assert n * m > metrics._PAIRS_MAX  # the branch that uses the distance transform of the crop
     check(pred, gt)
 
 
@@ -193,7 +193,7 @@ def test_3d_identical_to_medpy_both_distance_paths():
         if not (pred.any() and gt.any()):
             continue
         n, m = int(metrics.surface(pred).sum()), int(metrics.surface(gt).sum())
-        paths.add(n * m > metrics._CDIST_MAX)
+        paths.add(n * m > metrics._PAIRS_MAX)
         got = metrics.part_metrics(pred, gt)
         assert got["dice"] == mb.dc(pred, gt) and got["jaccard"] == mb.jc(pred, gt)
         assert got["hd95"] == mb.hd95(pred, gt) and got["asd"] == mb.asd(pred, gt)
