@@ -156,21 +156,21 @@ def where_time_goes(fn, pairs: list, steps: list) -> str:
     return ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
-def compare(label: str, pairs: list, repeats: int, n_parts: int, with_medpy: bool) -> bool:
+def compare(label: str, unit: str, pairs: list, repeats: int, n_parts: int, with_medpy: bool) -> bool:
     """Time ours (best of repeats) and medpy once on the same label maps; print, check equality. False on a mismatch."""
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         res = ours(pairs)
         best = min(best, time.perf_counter() - t0)
-    print(f"{label}: ours  {best:7.2f} s ({1e3 * best / n_parts:.3f} ms per {label.split()[0]} and part)")
+    print(f"{label}: ours  {best:7.2f} s ({1e3 * best / n_parts:.3f} ms per {unit} and part)")
     print(f"    where the time goes: {where_time_goes(ours, pairs, OURS_STEPS)}")
     if not with_medpy:
         return True
     t0 = time.perf_counter()
     ref = medpy_metrics(pairs)
     tm = time.perf_counter() - t0
-    print(f"{label}: medpy {tm:7.2f} s ({1e3 * tm / n_parts:.3f} ms per {label.split()[0]} and part); "
+    print(f"{label}: medpy {tm:7.2f} s ({1e3 * tm / n_parts:.3f} ms per {unit} and part); "
           f"speed-up x{tm / best:.1f}")
     few = pairs[: max(1, len(pairs) // 10)]  # a tenth is enough to see where medpy's time goes
     print(f"    where medpy's time goes: {where_time_goes(medpy_metrics, few, MEDPY_STEPS)}")
@@ -194,11 +194,12 @@ def main() -> None:
     ok = True
     if args.slices:
         pairs = make_pairs(args.slices, args.size, args.seed)
-        ok &= compare(f"slices 2D ({len(pairs)} of {args.size}x{args.size}, {len(PARTS)} parts)", pairs,
+        ok &= compare(f"2D ({len(pairs)} slices of {args.size}x{args.size}, {len(PARTS)} parts)", "slice", pairs,
                       args.repeats, len(pairs) * len(PARTS), with_medpy)
     if args.volumes:
         vols = make_volumes(args.volumes, args.depth, args.size, args.seed)
-        ok &= compare(f"volumes 3D ({len(vols)} of {args.depth}x{args.size}x{args.size}, {len(PARTS)} parts)", vols,
+        ok &= compare(f"3D ({len(vols)} volumes of {args.depth}x{args.size}x{args.size}, {len(PARTS)} parts)", "volume",
+                      vols,
                       args.repeats, len(vols) * len(PARTS), with_medpy)
     if not ok:
         raise SystemExit(1)
