@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -70,15 +69,12 @@ from tqdm import tqdm
 
 import data
 from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
-from metrics import METRICS, case_metrics, part_mask, surface
+from metrics import METRICS, case_metrics
+from predict import EvalError, OneLineParser, amp_dtype, cli_main, overlay, pick_device, which_models
 from tables import aggregate, aggregate_runs, format_table
 
 # -----------------------------------------------------------------------------
 # checkpoint, data root, models
-
-
-class EvalError(ValueError):
-    """A user mistake on evaluate.py's command line (one line, printed as `error: ...`, exit 2)."""
 
 
 def resolve_root(dataset: str, given: str | Path) -> Path:
@@ -107,63 +103,8 @@ def resolve_root(dataset: str, given: str | Path) -> Path:
     return root
 
 
-def which_models(ck: dict, choice: str | None) -> list[str]:
-    """Model names to run for --model (None: the student MedSAM if the checkpoint has one, else the U-Net)."""
-    have = [n for n, k in (("medsam", "sam"), ("unet", "unet")) if ck.get(k) is not None]
-    if choice is None:
-        return have[:1]
-    want = ["medsam", "unet"] if choice == "both" else [choice]
-    missing = [n for n in want if n not in have]
-    if missing:
-        raise EvalError(f"--model {choice}: the checkpoint has no {' and no '.join(missing)} student "
-                        f"(trained with --mode {ck['config'].get('mode')}); it has: {', '.join(have) or 'none'}")
-    return want
-
-
-
-def pick_device(name: str | None) -> torch.device:
-    """--device (default: cuda when available); EvalError when CUDA is asked for but absent."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
-
-
-def amp_dtype(name: str | None, cfg: dict, device: torch.device) -> torch.dtype | None:
-    """--amp (default: the training setting on CUDA, off on CPU) as an autocast dtype, None = off."""
-    name = name or (cfg.get("amp", "off") if device.type == "cuda" else "off")
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage too)
-        print(f"error: {message} (see python {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 # -----------------------------------------------------------------------------
 # overlays
-
-# translucent prediction colours per class id (0 = background, not drawn): red, blue, yellow, magenta, cyan
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [0, 130, 200], [255, 225, 25], [240, 50, 230], [70, 240, 240]], np.float32)
-GT_COLOUR = np.array([0, 255, 0], np.uint8)
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
-            parts: Sequence[Sequence[int]] = (), alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 [H,W,3]: the image (uint8 [H,W] or [H,W,3]) with each predicted class painted translucent
-    and, when gt is given, the contour of each ground-truth part in green."""
-    img = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
-    out = img[..., :3].astype(np.float32)
-    fg = pred > 0
-    colours = PALETTE[np.minimum(pred, len(PALETTE) - 1)]
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    if gt is not None:
-        for part in parts:
-            out[surface(part_mask(gt, part))] = GT_COLOUR  # the 1-pixel contour (medpy surface)
-    return out
-
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
     """float[C,H,W] in [0,1] -> uint8 [H,W] or [H,W,3]."""
@@ -430,14 +371,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from medsam_lora import CheckpointError
-
-    try:
-        code = run(argv)
-    except (CheckpointError, data.DataError, EvalError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code)
+    cli_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -251,6 +251,14 @@ def adapt_sam_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> di
     return out
 
 
+def _encoder_config(model: nn.Module) -> dict:
+    """embed_dim, depth, num_heads and global_attn_indexes of a SamSeg's ViT encoder (for messages)."""
+    blocks = model.image_encoder.blocks
+    return dict(embed_dim=model.image_encoder.patch_embed.proj.out_channels, depth=len(blocks),
+                num_heads=blocks[0].attn.num_heads,
+                global_attn_indexes=tuple(i for i, b in enumerate(blocks) if b.window_size == 0))
+
+
 def _load_strict(model: nn.Module, state: dict, source: str) -> None:
     """load_state_dict that allows only the dropped heads to be missing; CheckpointError otherwise."""
     own = model.state_dict()
@@ -259,8 +267,9 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
     wrong = [k for k in state if k in own and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
     if missing or unexpected or wrong:
         example = (missing + unexpected + wrong)[0]
-        raise CheckpointError(f"{source} is not a SAM/MedSAM state dict for this model: {len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
+        what = sam_variant(_encoder_config(model)) if model.backbone == "medsam" else "LiteMedSAM"
+        raise CheckpointError(f"{source} is not a SAM/MedSAM state dict for this model ({what}): {len(missing)} "
+                              f"missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
     model.load_state_dict(state, strict=False)  # only the dropped heads stay as initialised
 
 
@@ -410,7 +419,8 @@ def build_sam(backbone: str, num_classes: int, checkpoint: str | Path | None = N
         torch.manual_seed(0)  # deterministic construction: same config -> same weights
         if backbone == "medsam":
             state = None if checkpoint is None else _read_checkpoint(checkpoint)
-            found = {} if state is None else sam_config_from_state_dict(state, str(checkpoint))  # B, L or H
+            # the encoder size of the file (B, L or H); an explicit tiny_config wins and the strict load checks
+            found = {} if state is None or tiny_config else sam_config_from_state_dict(state, str(checkpoint))
             model = _medsam(num_classes, **{**VIT_B_512, **found, **tiny_config})
             if state is not None:
                 _load_strict(model, adapt_sam_state_dict(state, model), str(checkpoint))
