@@ -362,3 +362,12 @@ def test_runs_mean_std_and_per_volume_cli(prostate_runs, tmp_path, capsys):
     assert table.count(f"| BIDMC ({len(VOLUMES)}) |") == 1 and table.count("| BIDMC (5) |") == 1
     # the two runs differ (the second U-Net), so the spread is not zero
     assert agg["models"]["unet"]["slice"]["mean"]["dice"]["std"] > 0
+
+
+def test_curves_flag_draws_the_run_without_evaluating(run_dir, tmp_path, capsys):
+    png = run_dir / "curves.png"
+    png.unlink(missing_ok=True)  # train.py may draw it one day; the flag must draw it itself
+    out = tmp_path / "not_written"
+    code, stdout, err = cli([run_dir, "--curves", "--out", out], capsys)
+    assert code == 0, err
+    assert png.is_file() and f"wrote {png}" in stdout and not out.exists()
