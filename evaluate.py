@@ -248,6 +248,10 @@ def write_runs(out: Path, ck_paths: list[Path], cks: list[dict], split: str, per
         if (c["dataset"], c["part_names"]) != (cfg["dataset"], cfg["part_names"]):
             raise EvalError(f"{p} is a {c['dataset']} run and {ck_paths[0]} a {cfg['dataset']} run: "
                             "give runs of one dataset to aggregate")
+    for p, r in zip(ck_paths[1:], per_run[1:]):
+        if set(r) != set(per_run[0]):
+            raise EvalError(f"{p} was evaluated with {', '.join(sorted(r))} and {ck_paths[0]} with "
+                            f"{', '.join(sorted(per_run[0]))}: pass --model with a student every run has")
     n = len(per_run)
     tables, res = [], {}
     for model in per_run[0]:
