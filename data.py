@@ -272,6 +272,26 @@ def test_cases(dataset: str, root: str | Path) -> list[tuple[str, list[str], int
 
 test_cases.__test__ = False  # not a pytest test, even when imported into a test module
 
+# Which volume a 2D slice comes from, by its file stem (the authors' release names slices this way):
+#   prostate: `<case>_<slice>` (e.g. 00_03 = case 00, slice 3; digits on both sides);
+#   mnms:     `<case:3 digits><slice:3 digits>` (e.g. 012005 = case 012, slice 5).
+# Fundus and BUSI are 2D datasets: no volumes.
+_VOLUME_RULES = {"prostate": (re.compile(r"(\d+)_(\d+)"), "<case>_<slice> (digits, e.g. 00_03.png)"),
+                 "mnms": (re.compile(r"(\d{3})(\d{3})"), "<case:3 digits><slice:3 digits> (e.g. 012005.png)")}
+
+
+def volume_id(dataset: str, name: str) -> tuple[str, int]:
+    """(case id, slice index) of the slice with file stem or file name `name` in a volumetric dataset.
+    DataError naming the file and the rule when the name does not follow it, or the dataset has no volumes."""
+    if dataset not in _VOLUME_RULES:
+        raise DataError(f"{dataset} is a 2D dataset: per-volume metrics need prostate or mnms slices")
+    rule, text = _VOLUME_RULES[dataset]
+    stem = Path(name).stem if Path(name).suffix.lower() == ".png" else name
+    m = rule.fullmatch(stem)
+    if m is None:
+        raise DataError(f"{name}: a {dataset} slice name must be {text} to be grouped into its volume")
+    return m.group(1), int(m.group(2))
+
 
 # ----------------------------------------------------------------------------- augmentation
 def _nearest(label: np.ndarray, size: int) -> np.ndarray:

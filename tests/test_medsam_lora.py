@@ -348,7 +348,7 @@ def test_missing_checkpoint(tmp_path):
 
 def test_not_a_sam_checkpoint(tmp_path, sam512):
     torch.save({"encoder.weight": torch.zeros(3), "head.bias": torch.zeros(2)}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match=r"other.pth is not a SAM ViT-B state dict.*: (\d+) missing, 2 unexpected") as e:
+    with pytest.raises(CheckpointError, match=r"other.pth is not a SAM/MedSAM state dict.*: (\d+) missing, 2 unexpected") as e:
         build_sam("medsam", 2, tmp_path / "other.pth", **TINY)
     assert "\n" not in str(e.value)
     sd, _ = sam512  # a ViT with one block too few
