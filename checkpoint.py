@@ -38,7 +38,8 @@ def uses(cfg: dict) -> tuple[bool, bool]:
 def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
     """The two students of a (saved) config; a model the mode does not train is None."""
     use_unet, use_sam = uses(cfg)
-    unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"]).to(device) if use_unet else None
+    unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit")).to(device) \
+        if use_unet else None
     sam = None
     if use_sam:  # configs saved before a key existed get its old behaviour
         kw = dict(seed=cfg.get("seed", 0) if "head_init" in cfg else 0, head_init=cfg.get("head_init", "random"),
@@ -122,7 +123,7 @@ def build_students(ck: dict, device: torch.device, want: Sequence[str], sam_ckpt
 @torch.no_grad()
 def predict(models: dict[str, torch.nn.Module], img_unet: torch.Tensor, img_sam: torch.Tensor, size: int,
             amp: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """Label maps at the U-Net size S (SPEC §6): img_unet float[B,C_in,S,S], img_sam float[B,3,I,I] in [0,1]
+    """Label maps at the U-Net size S (METHOD.md §6): img_unet float[B,C_in,S,S], img_sam float[B,3,I,I] in [0,1]
     -> {name: int64[B,S,S]}; SAM logits [B,C,R,R] are upsampled bilinearly to S before the argmax."""
     out = {}
     ctx = torch.autocast(img_unet.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()

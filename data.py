@@ -163,7 +163,7 @@ def _gray(a: np.ndarray, dataset: str) -> np.ndarray:
 
 def decode_mask(dataset: str, mask: np.ndarray) -> np.ndarray:
     """Raw mask as np.asarray(PIL image) -> int64 class ids [H,W]. DataError (with the values) when the
-    mask does not follow the dataset's encoding (SPEC §5)."""
+    mask does not follow the dataset's encoding (METHOD.md §5, data.PRESETS)."""
     p, a = _preset(dataset), np.asarray(mask)
     if a.dtype == bool:  # PIL mode "1"
         a = a.astype(np.uint8) * 255
@@ -236,7 +236,7 @@ def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.
 
 def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | None = None,
                   labeled_ratio: float | None = None) -> tuple[list, list]:
-    """SPEC §4: labeled = first N of the labeled domain's sorted train split; unlabeled = the rest of it
+    """METHOD.md §4: labeled = first N of the labeled domain's sorted train split; unlabeled = the rest of it
     plus every train image of the other domains. N = `labeled`, or int(labeled_ratio * all train images
     of all domains) (BUSI); both None -> the preset's default. Cases are (image_path, mask_paths, domain)."""
     p = _preset(dataset)
@@ -331,7 +331,7 @@ def to_input(img: np.ndarray, size: int, channels: int) -> torch.Tensor:
 
 
 def weak_augment(img: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §5 weak view of a square float image [n,n,c] and label [n,n], each op with p 0.5: scale-crop
+    """METHOD.md §5 weak view of a square float image [n,n,c] and label [n,n], each op with p 0.5: scale-crop
     (scale U(1,1.5) per axis), rotation (integer degrees in [-20,20], fill 0 = background), horizontal
     flip, elastic (alpha 2n, sigma 0.08n). The ops are composed into one sampling map so the image is
     interpolated once and image and label stay aligned exactly."""

@@ -56,7 +56,7 @@ def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> T
     """Eq. 12: mean over the C classes of 1 - (2 sum w p y + eps) / (sum w (p^2 + y^2) + eps).
 
     p = softmax(logits) [B,C,H,W], y = one-hot(target), sums over the whole batch (B,H,W) per class.
-    Background (class 0) is included and the weight [B,H,W] applies to every class (SPEC decision).
+    Background (class 0) is included and the weight [B,H,W] applies to every class (METHOD.md §3.7 decision).
     An all-zero weight gives 0 (eps/eps), an absent class gives ~1. Returns a float32 scalar.
     """
     p = torch.softmax(logits.float(), dim=1)
@@ -83,7 +83,7 @@ def divergence_loss(prob_a: Tensor, prob_b: Tensor, mask: Tensor) -> Tensor:
     """Eq. 10 (L_d, positive sign): mean over all B*C*H*W elements of (a - b)^2 * mask.
 
     prob_a, prob_b [B,C,H,W] at the same size (upsample the SAM probabilities to S first); both receive
-    gradients. mask [B,1,H,W] or [B,H,W] (M_d, 0/1). The paper's minus sign is a typo (SPEC §3).
+    gradients. mask [B,1,H,W] or [B,H,W] (M_d, 0/1). The paper's minus sign is a typo (METHOD.md §3.7).
     """
     diff = prob_a.float() - prob_b.float()
     return (diff * diff * _as_mask(mask, diff)).mean()

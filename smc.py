@@ -145,7 +145,7 @@ def ensemble(p_unet: Tensor, p_sam: Tensor, alpha: Tensor | float) -> Tensor:
 def pseudo_label(prob: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     """Eq. 7 targets: Q = argmax_c prob (int64 [B,H,W]), W = [max_c prob >= tau] (float32 [B,H,W]).
 
-    prob float [B,C,H,W]. For SAM, resize P_ens to R bilinearly before calling (SPEC §3 step 4).
+    prob float [B,C,H,W]. For SAM, resize P_ens to R bilinearly before calling (METHOD.md §3.4).
     """
     conf, label = prob.float().max(dim=1)
     return label, (conf >= tau).float()

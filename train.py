@@ -39,9 +39,11 @@ import torch
 from tqdm import tqdm
 
 import data
+import evaluate
+import plots
 import smc
 import synthetic
-from checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, predict, save_atomic
+from checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, save_atomic
 from medsam_lora import CheckpointError
 from synfoc import Run, build_run, lam, train_step
 
@@ -80,6 +82,9 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--sam-norm", choices=["unit", "minmax"],
                    help="SAM input scaling: unit = pixel/255 as the official code, minmax = each image to "
                         "[0,1] by its own min/max as MedSAM's preprocessing (default: preset)")
+    p.add_argument("--unet-norm", choices=["unit", "minmax"],
+                   help="U-Net input scaling: unit = pixel/255 as the official code, minmax = each image to [0,1] "
+                        "by its own min/max (default: preset)")
     p.add_argument("--mode", choices=["synfoc", "unet", "medsam", "suponly"],
                    help="synfoc (default); unet / medsam = single-model Mean Teacher baseline (Table 7); "
                         "suponly = U-Net on labeled images only")
@@ -123,7 +128,7 @@ def resolve_config(given: dict) -> dict:
         dataset=dataset, domain=1, data_root="data", data_seed=0, labeled=pre.get("labeled"),
         labeled_ratio=pre.get("labeled_ratio"), sam=pre.get("sam", "medsam"), sam_ckpt="checkpoints/medsam_vit_b.pth",
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
-        sam_norm=pre.get("sam_norm", "unit"), mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
+        sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"), mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
@@ -210,28 +215,18 @@ def dataset_root(cfg: dict) -> Path:
 
 # ----------------------------------------------------------------------------- evaluation and logs
 
-def evaluate_students(run: Run, loader, cfg: dict) -> dict[str, dict[int, float]]:
-    """Mean Dice (over slices, then parts) per domain for each student, on the test loader."""
+def evaluate_students(run: Run, cases: list, cfg: dict) -> dict[str, dict[int, float]]:
+    """Mean Dice (over slices, then parts) per domain of each student on `cases`, with evaluate.py's code
+    (the paper's metrics). Returns {model: {domain (1-based): Dice}}."""
     models = {n: m for n, m in (("unet", run.unet), ("medsam", run.sam)) if m is not None}
-    sums: dict[str, dict[int, list[float]]] = {}
     for m in models.values():
         m.eval()
-    for b in loader:
-        preds = predict(models, b["img_unet"].to(run.device), b["img_sam"].to(run.device), cfg["unet_size"], run.amp_dtype)
-        gt = b["label_unet"].to(run.device)
-        for name, pred in preds.items():
-            cols = []
-            for part in cfg["parts"]:  # Dice with the evaluation's empty rule: both empty -> 1, one empty -> 0
-                a, g = smc.in_part(pred, part), smc.in_part(gt, part)                  # [B, HW]
-                inter, total = (a & g).sum(1).float(), (a.sum(1) + g.sum(1)).float()
-                cols.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
-            for dom, v in zip(b["domain"].tolist(), torch.stack(cols, 1).mean(1).tolist()):
-                s = sums.setdefault(name, {}).setdefault(dom, [0.0, 0])
-                s[0] += v
-                s[1] += 1
+    _, summaries = evaluate.evaluate_cases(models, cfg["dataset"], cases, cfg, run.device,
+                                           batch_size=max(cfg["batch"]), workers=cfg["workers"], amp=run.amp_dtype)
     for m in models.values():
         m.train()
-    return {name: {dom: s / n for dom, (s, n) in sorted(doms.items())} for name, doms in sums.items()}
+    domains = data.PRESETS[cfg["dataset"]]["domains"]
+    return {n: {domains.index(d) + 1: e["dice"] for d, e in s["domains"].items()} for n, s in summaries.items()}
 
 
 class Log:
@@ -353,8 +348,6 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         pin_memory=run.device.type == "cuda"))
     lab_iter = loader(data.LabeledSet(cfg["dataset"], lab_cases, I, R, seed=cfg["seed"]), L, 1)
     unl_iter = loader(data.UnlabeledSet(cfg["dataset"], unl_cases, I, R, seed=cfg["seed"] + 1), U, 2) if semi else None
-    test_loader = torch.utils.data.DataLoader(data.TestSet(cfg["dataset"], test_cases, I), batch_size=max(L, U),
-                                              num_workers=cfg["workers"])
     to_dev = lambda b: {k: v.to(run.device, non_blocking=True) for k, v in b.items()}  # noqa: E731
 
     acc = torch.zeros(len(METRIC_NAMES), device=run.device)   # running sums on device: no host sync per step
@@ -393,10 +386,11 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             lam_acc, n_acc = 0.0, 0
             bar.set_postfix(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}", dice=f"{last_dice:.3f}")
         if done % cfg["eval_every"] == 0 or done == T:
-            res = evaluate_students(run, test_loader, cfg)
+            res = evaluate_students(run, test_cases, cfg)
             mean = {n: float(np.mean(list(r.values()))) for n, r in res.items()}
             last_dice = headline = mean.get("medsam", mean.get("unet"))
             log.eval_rows(done, res, domains)
+            plots.plot_curves(out)  # curves.png: losses, λ, α, Φ, pseudo-label Dice (Fig. 6), test Dice
             log.line(f"step {done} test Dice per domain " + json.dumps(
                 {n: {domains[d - 1]: round(v, 4) for d, v in r.items()} for n, r in res.items()})
                 + " mean " + json.dumps({n: round(v, 4) for n, v in mean.items()}))

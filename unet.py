@@ -1,4 +1,4 @@
-"""The conventional model of SynFoC: a plain 2D U-Net trained from scratch (SPEC §2).
+"""The conventional model of SynFoC: a plain 2D U-Net trained from scratch (METHOD.md §2).
 
     UNet(in_channels, num_classes, width=64)   forward(x[B,in,H,W]) -> logits[B,C,H,W]
 
@@ -39,8 +39,11 @@ class Up(nn.Module):
 class UNet(nn.Module):
     """U-Net with widths (w, 2w, 4w, 8w, 16w); logits at the input resolution."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 64):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64, input_norm: str = "unit"):
         super().__init__()
+        if input_norm not in ("unit", "minmax"):
+            raise ValueError(f"input_norm {input_norm!r}: expected 'unit' or 'minmax'")
+        self.input_norm = input_norm  # "minmax": each image to [0,1] by its own min/max before the first conv
         w = [width * 2**i for i in range(5)]  # 64 -> [64, 128, 256, 512, 1024]
         self.inc = DoubleConv(in_channels, w[0])
         self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1]) for i in range(4))
@@ -52,6 +55,9 @@ class UNet(nn.Module):
         """x float[B,in,H,W] (H, W divisible by 16) -> logits float[B,C,H,W]."""
         if x.shape[-2] % 16 or x.shape[-1] % 16:
             raise ValueError(f"UNet input size {tuple(x.shape[-2:])} must be divisible by 16")
+        if self.input_norm == "minmax":
+            lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)  # [B,1,1,1]
+            x = (x - lo) / (hi - lo).clamp_min(1e-8)
         skips = [self.inc(x)]  # [B,w,H,W]
         for down in self.downs:
             skips.append(down(self.pool(skips[-1])))  # level i+1: [B,w*2^(i+1),H/2^(i+1),W/2^(i+1)]

@@ -109,7 +109,7 @@ def test_dice_matches_pixel_loop(rand_case):
 
 
 def test_dice_weight_applies_to_background():
-    # background pixels with weight 0 must not enter the background class either (SPEC decision)
+    # background pixels with weight 0 must not enter the background class either (METHOD.md §3.7)
     logits = torch.zeros(1, 2, 1, 2)
     target = torch.tensor([[[0, 1]]])
     weight = torch.tensor([[[0.0, 1.0]]])

@@ -62,6 +62,7 @@ def test_run_folder_contents(shared_data, tmp_path):
     assert (run / "best_test_selected.pt").exists()
     log = (run / "log.txt").read_text()
     assert "test Dice per domain" in log and "Domain4" in log
+    assert (run / "curves.png").stat().st_size > 1000
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header == ["step", *train.METRIC_NAMES, "s_per_step"]
     with open(run / "evals.csv") as f:
