@@ -221,10 +221,13 @@ def timed_split(run, x: Inputs, first: int, n: int, clock: Clock) -> dict[str, f
 
 
 def compile_run(run, backend: str) -> None:
-    """torch.compile every student and teacher in place (Module.compile keeps the objects train.py holds)."""
+    """torch.compile every student and teacher in place (Module.compile keeps the objects train.py holds).
+
+    dynamic=False: the U-Net student sees two batch sizes (U in the SMC forward, L + U with grad); two
+    static graphs beat the dynamic-shape graph that a recompilation would otherwise switch to."""
     for m in (run.unet, run.unet_t, run.sam, run.sam_t):
         if m is not None:
-            m.compile(backend=backend)
+            m.compile(backend=backend, dynamic=False)
 
 
 def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:

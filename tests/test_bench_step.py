@@ -102,8 +102,11 @@ def test_fast_attn_same_flops_and_peak_fraction(capsys):
 
 def test_compile_flag_traces(capsys):
     """--compile wraps every student and teacher (the eager backend: dynamo tracing only, seconds on a CPU)."""
-    fields, js = run_bench(["--device", "cpu", "--warmup", "1", "--steps", "1", "--compile",
-                            "--compile-backend", "eager", "--fast-attn"], capsys)
+    try:
+        fields, js = run_bench(["--device", "cpu", "--warmup", "0", "--steps", "1", "--compile",
+                                "--compile-backend", "eager", "--fast-attn"], capsys)
+    finally:
+        torch._dynamo.reset()  # leave no compiled code behind for other tests
     assert "compile eager" in fields["config"] and js["s/step"] > 0
 
 
