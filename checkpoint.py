@@ -40,14 +40,16 @@ def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, to
     use_unet, use_sam = uses(cfg)
     unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"]).to(device) if use_unet else None
     sam = None
-    if use_sam:
+    if use_sam:  # configs saved before a key existed get its old behaviour
+        kw = dict(seed=cfg.get("seed", 0) if "head_init" in cfg else 0, head_init=cfg.get("head_init", "random"),
+                  input_norm=cfg.get("sam_norm", "unit"))
         if cfg["sam"] == "tiny":
             tiny = dict(cfg["sam_tiny"], global_attn_indexes=tuple(cfg["sam_tiny"]["global_attn_indexes"]))
-            sam = build_sam("medsam", cfg["num_classes"], None, cfg["rank"], **tiny)
+            sam = build_sam("medsam", cfg["num_classes"], None, cfg["rank"], **kw, **tiny)
         elif cfg["sam"] == "medsam":
-            sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"])
+            sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"], **kw)
         else:
-            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"])
+            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"], lite_size=cfg.get("lite_size", 256), **kw)
         sam = sam.to(device)
     return unet, sam
 

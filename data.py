@@ -1,8 +1,6 @@
-"""Datasets of SynFoC: readers for the four public layouts, a synthetic mixed-domain set, augmentations.
+"""Datasets of SynFoC: presets, readers for the four public layouts, augmentations, torch datasets.
 
-Commands:
-    python data.py synth --out data/synthetic --seed 0          # write the synthetic set (seconds)
-    python data.py synth --out DIR --n-train 40 --n-test 16 --size 256
+Commands (the synthetic set is written by synthetic.py):
     python data.py check --dataset fundus --data-root data      # list cases, decode every mask
 
 A dataset lives in `<data-root>/<folder>` (PRESETS[name]["folder"]): data/Fundus, data/ProstateSlice,
@@ -16,13 +14,10 @@ User mistakes raise DataError (one line naming the file or flag); the CLI prints
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
-import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +83,7 @@ def check_root(dataset: str, root: str | Path) -> None:
     p, root = _preset(dataset), Path(root)
     expect = f"expected {_LAYOUT_HELP[p['layout']].replace('<root>', str(root))}; see README section 'Datasets'"
     if dataset == "synthetic":
-        expect += f" (create it: python data.py synth --out {root})"
+        expect += f" (create it: python synthetic.py --out {root})"
     if not root.is_dir():
         raise DataError(f"data root {root} not found: {expect}")
     missing = [d for d in p["domains"] if not (root / d).is_dir()]
@@ -277,6 +272,26 @@ def test_cases(dataset: str, root: str | Path) -> list[tuple[str, list[str], int
 
 test_cases.__test__ = False  # not a pytest test, even when imported into a test module
 
+# Which volume a 2D slice comes from, by its file stem (the authors' release names slices this way):
+#   prostate: `<case>_<slice>` (e.g. 00_03 = case 00, slice 3; digits on both sides);
+#   mnms:     `<case:3 digits><slice:3 digits>` (e.g. 012005 = case 012, slice 5).
+# Fundus and BUSI are 2D datasets: no volumes.
+_VOLUME_RULES = {"prostate": (re.compile(r"(\d+)_(\d+)"), "<case>_<slice> (digits, e.g. 00_03.png)"),
+                 "mnms": (re.compile(r"(\d{3})(\d{3})"), "<case:3 digits><slice:3 digits> (e.g. 012005.png)")}
+
+
+def volume_id(dataset: str, name: str) -> tuple[str, int]:
+    """(case id, slice index) of the slice with file stem or file name `name` in a volumetric dataset.
+    DataError naming the file and the rule when the name does not follow it, or the dataset has no volumes."""
+    if dataset not in _VOLUME_RULES:
+        raise DataError(f"{dataset} is a 2D dataset: per-volume metrics need prostate or mnms slices")
+    rule, text = _VOLUME_RULES[dataset]
+    stem = Path(name).stem if Path(name).suffix.lower() == ".png" else name
+    m = rule.fullmatch(stem)
+    if m is None:
+        raise DataError(f"{name}: a {dataset} slice name must be {text} to be grouped into its volume")
+    return m.group(1), int(m.group(2))
+
 
 # ----------------------------------------------------------------------------- augmentation
 def _nearest(label: np.ndarray, size: int) -> np.ndarray:
@@ -353,7 +368,8 @@ def weak_augment(img: np.ndarray, label: np.ndarray, rng: np.random.Generator) -
 def strong_augment(img: np.ndarray, rng: np.random.Generator, strong_range: tuple[float, float],
                    blur_scale: float = 1.0) -> np.ndarray:
     """Photometric only (pixel-aligned with its input): brightness and contrast factors U(strong_range),
-    then Gaussian blur sigma U(0.1, 2.0) (in U-Net pixels; blur_scale = W/S converts to this resolution)."""
+    then Gaussian blur sigma U(0.1, 2.0) in 512-pixel units, as the official code blurs its 512-pixel
+    images (blur_scale = W/512 converts to the working resolution W of `img`)."""
     b, c = rng.uniform(*strong_range, 2)
     sigma = rng.uniform(0.1, 2.0) * blur_scale
     out = np.clip(img * b, 0, 1)
@@ -419,7 +435,7 @@ class UnlabeledSet(_TrainSet):
 
     def __getitem__(self, key) -> dict:
         img, lab, rng = self._weak(key)
-        strong = strong_augment(img, rng, self.p["strong_range"], blur_scale=self.W / self.S)
+        strong = strong_augment(img, rng, self.p["strong_range"], blur_scale=self.W / 512)
         weak_sam, weak_unet = self._views(img)
         strong_sam, strong_unet = self._views(strong)
         return dict(weak_sam=weak_sam, weak_unet=weak_unet, strong_sam=strong_sam, strong_unet=strong_unet,
@@ -451,109 +467,6 @@ class TestSet(torch.utils.data.Dataset):
                     name=Path(path).stem, domain=int(domain))
 
 
-# ----------------------------------------------------------------------------- synthetic data
-# Per-domain appearance: background/disc/cup colours, gamma, contrast, blur, noise, illumination
-# gradient, disc radius range (fraction of the image side). Domain 1 clean reddish-orange, 2 dark,
-# low-contrast and blurred, 3 greenish and noisy, 4 bright washed-out with a strong gradient, small discs.
-_STYLES = [
-    dict(bg=(0.72, 0.30, 0.12), disc=(0.95, 0.70, 0.40), cup=(1.0, 0.92, 0.72), gamma=1.0, contrast=1.0,
-         blur=0.0, noise=0.01, grad=0.1, radius=(0.14, 0.22)),
-    dict(bg=(0.30, 0.16, 0.12), disc=(0.45, 0.32, 0.25), cup=(0.52, 0.42, 0.35), gamma=1.5, contrast=0.7,
-         blur=2.5, noise=0.02, grad=0.2, radius=(0.15, 0.24)),
-    dict(bg=(0.22, 0.50, 0.25), disc=(0.55, 0.85, 0.50), cup=(0.75, 0.97, 0.70), gamma=0.9, contrast=1.1,
-         blur=0.5, noise=0.13, grad=0.2, radius=(0.12, 0.20)),
-    dict(bg=(0.74, 0.62, 0.60), disc=(0.92, 0.84, 0.80), cup=(1.0, 1.0, 1.0), gamma=0.7, contrast=0.65,
-         blur=1.0, noise=0.03, grad=0.7, radius=(0.07, 0.12)),
-]
-
-
-def _ellipse(y: np.ndarray, x: np.ndarray, cy: float, cx: float, a: float, b: float, phi: float) -> np.ndarray:
-    """Normalised elliptical radius (<= 1 inside)."""
-    u = (x - cx) * math.cos(phi) + (y - cy) * math.sin(phi)
-    v = -(x - cx) * math.sin(phi) + (y - cy) * math.cos(phi)
-    return np.sqrt((u / a) ** 2 + (v / b) ** 2)
-
-
-def _waves(rng: np.random.Generator, n: int, k: int, fmax: float) -> np.ndarray:
-    """Smooth texture float32 [n,n] in [-1, 1]: the mean of k plane waves with random frequency (<= fmax
-    cycles per image), direction and phase; sin(a+b) = sin a cos b + cos a sin b makes it two matmuls."""
-    f, t, ph = rng.uniform(1, fmax, k), rng.uniform(0, 2 * math.pi, k), rng.uniform(0, 2 * math.pi, k)
-    c = (np.arange(n) / n)[:, None]
-    u, v = 2 * math.pi * f * np.cos(t) * c, 2 * math.pi * f * np.sin(t) * c + ph  # [n,k] along x, along y
-    return ((np.cos(v) @ np.sin(u).T + np.sin(v) @ np.cos(u).T) / k).astype(np.float32)
-
-
-def _synth_one(rng: np.random.Generator, st: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> (image uint8 [n,n,3], label int64 [n,n]) of one synthetic fundus ROI."""
-    y, x = np.mgrid[0:n, 0:n].astype(np.float32) / n
-    # disc radius, eccentricity, rotation, centre; cup/disc ratio, cup offset, axis jitter, rotation jitter.
-    # .tolist() gives python floats, which keep the float32 arrays float32 (numpy scalars would not)
-    r, ecc, phi, cy, cx, ratio, oy, ox, sa, sb, dphi = rng.uniform(
-        [st["radius"][0], 0.85, 0, 0.32, 0.32, 0.3, -0.12, -0.12, 0.9, 0.9, -0.5],
-        [st["radius"][1], 1.15, math.pi, 0.68, 0.68, 0.7, 0.12, 0.12, 1.1, 1.1, 0.5]).tolist()
-    oy, ox = oy * r, ox * r
-    rd = _ellipse(y, x, cy, cx, r * ecc, r / ecc, phi)
-    rc = _ellipse(y, x, cy + oy, cx + ox, r * ecc * ratio * sa, r / ecc * ratio * sb, phi + dphi)
-    disc, cup = rd <= 1, (rc <= 1) & (rd <= 1)
-    label = np.where(cup, 1, np.where(disc, 2, 0)).astype(np.int64)
-    soft_d = 1 / (1 + np.exp(np.minimum((rd - 1) / 0.04, 50)))  # soft edges centred on the mask boundaries
-    soft_c = soft_d / (1 + np.exp(np.minimum((rc - 1) / 0.08, 50)))
-    tex = _waves(rng, n, 6, 4) * 0.15 + _waves(rng, n, 6, 16) * 0.06
-    jit = lambda c: (np.asarray(c) * rng.uniform(0.92, 1.08, 3)).astype(np.float32)  # noqa: E731
-    img = jit(st["bg"]) * (1 + tex)[..., None]
-    img = img * (1 - soft_d[..., None]) + jit(st["disc"]) * soft_d[..., None]
-    img = img * (1 - soft_c[..., None]) + jit(st["cup"]) * soft_c[..., None]
-    # vessels: random-walk curves leaving the disc centre, splatted as points and blurred to a width
-    nv, steps = int(rng.integers(6, 11)), 3 * n // 2
-    theta = rng.uniform(0, 2 * math.pi, (nv, 1)) + np.cumsum(rng.normal(0, 0.05, (nv, steps)), 1)
-    py = cy * n + np.cumsum(np.sin(theta), 1)
-    px = cx * n + np.cumsum(np.cos(theta), 1)
-    keep = (py >= 0) & (py < n) & (px >= 0) & (px < n)
-    acc = np.zeros((n, n), np.float32)
-    np.add.at(acc, (py[keep].astype(int), px[keep].astype(int)), 1.0)
-    vessels = np.clip(ndimage.gaussian_filter(acc, n / 200) * 3.0, 0, 1)
-    img = img * (1 - 0.55 * vessels)[..., None]
-    psi = float(rng.uniform(0, 2 * math.pi))  # illumination gradient in a random direction
-    img = img * (1 + st["grad"] * ((x - 0.5) * math.cos(psi) + (y - 0.5) * math.sin(psi)))[..., None]
-    img = np.clip(img, 0, 1) ** st["gamma"]
-    img = (img - 0.5) * st["contrast"] + 0.5
-    if st["blur"]:
-        img = ndimage.gaussian_filter(img, (st["blur"] * n / 256, st["blur"] * n / 256, 0))
-    img = img + (st["noise"] * math.sqrt(12)) * (rng.random(img.shape, dtype=np.float32) - 0.5)  # uniform, std = noise
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), label
-
-
-def synthesize(out: str | Path, seed: int = 0, n_train: int = 40, n_test: int = 16, size: int = 256) -> Path:
-    """Write the synthetic mixed-domain set in the Fundus layout and mask encoding:
-    <out>/Domain{1..4}/{train,test}/ROIs/{image,mask}/d<k>_<split>_<i>.png. Deterministic for a seed."""
-    if n_train < 1 or n_test < 1 or size < 32:
-        raise DataError(f"--n-train {n_train} --n-test {n_test} --size {size}: expected >= 1, >= 1, >= 32")
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()):  # regenerate in place, but never delete someone else's folder
-        if not (out / "synthetic.json").is_file():
-            raise DataError(f"--out {out}: folder exists and is not a synthetic set (no synthetic.json); "
-                            "expected a new or previously generated folder")
-        for k in range(1, len(_STYLES) + 1):
-            shutil.rmtree(out / f"Domain{k}", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)  # the marker first, so an interrupted run can be redone in place
-    (out / "synthetic.json").write_text(json.dumps(dict(seed=seed, n_train=n_train, n_test=n_test, size=size)))
-
-    def write(job: tuple[int, int, str, int]) -> None:
-        k, s, split, i = job
-        img, lab = _synth_one(np.random.default_rng([seed, k, s, i]), _STYLES[k - 1], size)
-        base, name = out / f"Domain{k}" / split / "ROIs", f"d{k}_{split}_{i:03d}.png"
-        Image.fromarray(img).save(base / "image" / name, compress_level=0)  # noise: zlib gains ~nothing
-        Image.fromarray(encode_mask("fundus", lab)).save(base / "mask" / name, compress_level=1)
-
-    jobs = [(k, s, split, i) for k in range(1, len(_STYLES) + 1)
-            for s, (split, count) in enumerate((("train", n_train), ("test", n_test))) for i in range(count)]
-    for k, split, sub in {(j[0], j[2], sub) for j in jobs for sub in ("image", "mask")}:
-        (out / f"Domain{k}" / split / "ROIs" / sub).mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # numpy and zlib release the GIL
-        list(pool.map(write, jobs))  # each image has its own generator: the output does not depend on threads
-    return out
-
-
 # ----------------------------------------------------------------------------- CLI
 def _check(dataset: str, data_root: str) -> None:
     p = _preset(dataset)
@@ -572,24 +485,14 @@ def _check(dataset: str, data_root: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="SynFoC data: synthetic set generation and dataset checks.")
+    ap = argparse.ArgumentParser(description="SynFoC data: dataset checks.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sy = sub.add_parser("synth", help="write the synthetic mixed-domain set (Fundus layout)")
-    sy.add_argument("--out", default="data/synthetic", help="output folder (default data/synthetic)")
-    sy.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same files)")
-    sy.add_argument("--n-train", type=int, default=PRESETS["synthetic"]["n_train"], help="train images per domain")
-    sy.add_argument("--n-test", type=int, default=PRESETS["synthetic"]["n_test"], help="test images per domain")
-    sy.add_argument("--size", type=int, default=256, help="image side in pixels")
     ch = sub.add_parser("check", help="list cases per domain/split and decode every mask")
     ch.add_argument("--dataset", required=True, choices=list(PRESETS), help="dataset preset")
     ch.add_argument("--data-root", default="data", help="folder holding the dataset folders (default data)")
     args = ap.parse_args(argv)
     try:
-        if args.cmd == "synth":
-            out = synthesize(args.out, args.seed, args.n_train, args.n_test, args.size)
-            print(f"wrote {4 * (args.n_train + args.n_test)} images to {out}")
-        else:
-            _check(args.dataset, args.data_root)
+        _check(args.dataset, args.data_root)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

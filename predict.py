@@ -1,0 +1,214 @@
+"""Segment a folder of new images with a SynFoC checkpoint's student MedSAM (or its U-Net).
+
+    python predict.py runs/fundus_d1/last.pt --images scans/ --out scans_seg/
+    python predict.py runs/fundus_d1 --images scans/ --out scans_seg/ --model unet    # a run folder means its last.pt
+
+Images: PNG/JPG/BMP/TIFF, any size and mode. They are converted to the model's channels (grey -> RGB or
+RGB -> grey; 16-bit and float images min-max scaled to 0..255; alpha ignored), resized to the model input
+exactly as the dataset's test images are (data.to_input), and the label map is resized back to the image's
+own size by nearest neighbour (pixel-centre sampling). For each image `<name>.<ext>` it writes
+    <name>.png           the label map in the dataset's mask encoding (fundus: 255 background, 128 disc rim,
+                         0 cup; prostate: 0 = prostate; M&Ms: red/green/blue = LV/MYO/RV; BUSI: white = lesion)
+    <name>_overlay.png   the image with the prediction painted translucent
+(two inputs with one stem, a.png and a.jpg, keep their extension in the name: a_png.png, a_jpg.png).
+
+An unreadable image is reported in one line and skipped; the exit status is then 1. Mistakes on the command
+line (missing checkpoint or folder, --out equal to --images, a model the checkpoint lacks) are one
+`error: ...` line on stderr, exit status 2. The base SAM weights are rebuilt from the path recorded in the
+checkpoint; `--sam-ckpt PATH` overrides it.
+
+This file also holds what evaluate.py shares with it (imports go one way, evaluate -> predict): choosing the
+students (which_models), the device and autocast, the overlay drawing and the one-line error handling.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import data
+from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
+from medsam_lora import CheckpointError
+from metrics import part_mask, surface
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+# -----------------------------------------------------------------------------
+# running a checkpoint's students: shared with evaluate.py (which imports this file, never the reverse)
+
+
+class EvalError(ValueError):
+    """A user mistake on the command line of evaluate.py or predict.py (one line, printed as `error: ...`, exit 2)."""
+
+
+def which_models(ck: dict, choice: str | None) -> list[str]:
+    """Model names to run for --model (None: the student MedSAM if the checkpoint has one, else the U-Net)."""
+    have = [n for n, k in (("medsam", "sam"), ("unet", "unet")) if ck.get(k) is not None]
+    if choice is None:
+        return have[:1]
+    want = ["medsam", "unet"] if choice == "both" else [choice]
+    missing = [n for n in want if n not in have]
+    if missing:
+        raise EvalError(f"--model {choice}: the checkpoint has no {' and no '.join(missing)} student "
+                        f"(trained with --mode {ck['config'].get('mode')}); it has: {', '.join(have) or 'none'}")
+    return want
+
+
+
+def pick_device(name: str | None) -> torch.device:
+    """--device (default: cuda when available); EvalError when CUDA is asked for but absent."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {name}: CUDA is not available here (use --device cpu)")
+    return device
+
+
+def amp_dtype(name: str | None, cfg: dict, device: torch.device) -> torch.dtype | None:
+    """--amp (default: the training setting on CUDA, off on CPU) as an autocast dtype, None = off."""
+    name = name or (cfg.get("amp", "off") if device.type == "cuda" else "off")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage too)
+        print(f"error: {message} (see python {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+# translucent prediction colours per class id (0 = background, not drawn): red, blue, yellow, magenta, cyan
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [0, 130, 200], [255, 225, 25], [240, 50, 230], [70, 240, 240]], np.float32)
+GT_COLOUR = np.array([0, 255, 0], np.uint8)
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
+            parts: Sequence[Sequence[int]] = (), alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 [H,W,3]: the image (uint8 [H,W] or [H,W,3]) with each predicted class painted translucent
+    and, when gt is given, the contour of each ground-truth part in green."""
+    img = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+    out = img[..., :3].astype(np.float32)
+    fg = pred > 0
+    colours = PALETTE[np.minimum(pred, len(PALETTE) - 1)]
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if gt is not None:
+        for part in parts:
+            out[surface(part_mask(gt, part))] = GT_COLOUR  # the 1-pixel contour (medpy surface)
+    return out
+
+
+def cli_main(run, argv: list[str] | None) -> None:
+    """Call a command line's run(argv) and exit with its status; user mistakes (CheckpointError, DataError,
+    EvalError) become one `error: ...` line on stderr and exit status 2."""
+    try:
+        code = run(argv)
+    except (CheckpointError, data.DataError, EvalError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+# -----------------------------------------------------------------------------
+# new images
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """Any PIL-readable image -> uint8 [H,W] (channels 1) or [H,W,3] (channels 3). 16-bit / float images are
+    min-max scaled to 0..255; palette/alpha images are flattened to RGB (alpha ignored); RGB -> grey by luminance."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            a = np.asarray(im, dtype=np.float64)
+            lo, hi = float(a.min()), float(a.max())
+            a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255
+            im = Image.fromarray((a + 0.5).astype(np.uint8))
+        im = im.convert("RGB")
+        if channels == 1:
+            im = im.convert("L")
+        return np.asarray(im)
+
+
+def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest resize of an int label map [s0,s1] to [h,w] (pixel-centre sampling)."""
+    s0, s1 = label.shape
+    iy = np.minimum(((np.arange(h) + 0.5) * s0 / h).astype(np.int64), s0 - 1)
+    ix = np.minimum(((np.arange(w) + 0.5) * s1 / w).astype(np.int64), s1 - 1)
+    return label[iy[:, None], ix[None, :]]
+
+
+def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, out: Path, device: torch.device,
+                   amp: torch.dtype | None) -> int:
+    """Segment every image of `folder` with the one model in `models`; writes <name>.png (dataset mask encoding,
+    the image's own size) and <name>_overlay.png to `out`. Returns the number of unreadable images."""
+    dataset, S = cfg["dataset"], cfg["unet_size"]
+    sam_size = cfg.get("sam_size") or S
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise EvalError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
+    out.mkdir(parents=True, exist_ok=True)
+    stems = [p.stem for p in files]
+    failed = 0
+    for p in tqdm(files, unit="image", desc="segment", dynamic_ncols=True):
+        # a.png and a.jpg would both write a.png: keep the extension in the name of such files
+        stem = p.stem if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix[1:].lower()}"
+        try:
+            img = read_image(p, cfg["in_channels"])
+        except Exception as e:  # any unreadable file: report, go on with the rest
+            failed += 1
+            tqdm.write(f"skipped {p}: unreadable image ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})",
+                       file=sys.stderr)
+            continue
+        x_unet = data.to_input(img, S, cfg["in_channels"])[None].to(device)
+        x_sam = data.to_input(img, sam_size, 3)[None].to(device)
+        label = next(iter(predict(models, x_unet, x_sam, S, amp).values()))[0].cpu().numpy()
+        label = resize_label(label, img.shape[0], img.shape[1])
+        Image.fromarray(data.encode_mask(dataset, label)).save(out / f"{stem}.png")
+        Image.fromarray(overlay(img, label)).save(out / f"{stem}_overlay.png")
+    return failed
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="predict.py", description="Segment a folder of new images with a SynFoC checkpoint. "
+                                                     "See the module docstring for the exact commands.")
+    p.add_argument("checkpoint", help="checkpoint written by train.py (last.pt / best_test_selected.pt) or its run folder")
+    p.add_argument("--images", required=True, help="folder of images to segment (PNG/JPG/BMP/TIFF)")
+    p.add_argument("--out", required=True, help="output folder for <name>.png masks and <name>_overlay.png")
+    p.add_argument("--model", choices=["medsam", "unet"], default=None,
+                   help="which student segments (default: medsam; unet if the run has no SAM)")
+    p.add_argument("--sam-ckpt", help="base SAM/MedSAM weights (default: the path recorded in the checkpoint)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--amp", choices=["off", "fp16", "bf16"],
+                   help="autocast for the forward passes (default: the training setting on CUDA, off on CPU)")
+    return p.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command line; returns 0, or 1 when some images were unreadable. User mistakes raise
+    CheckpointError / DataError / EvalError (main() prints them)."""
+    a = parse_args(argv)
+    folder, out = Path(a.images), Path(a.out)
+    if not folder.is_dir():
+        raise EvalError(f"--images {folder}: folder not found")
+    if out.resolve() == folder.resolve():
+        raise EvalError(f"--out {out} is the --images folder: the masks would overwrite the images; pick another")
+    ck = load_checkpoint(checkpoint_path(a.checkpoint))
+    device = pick_device(a.device)
+    models = build_students(ck, device, which_models(ck, a.model), a.sam_ckpt)
+    failed = segment_folder(models, ck["config"], folder, out, device, amp_dtype(a.amp, ck["config"], device))
+    print(f"wrote masks and overlays to {out}" + (f"; {failed} unreadable image(s) skipped" if failed else ""))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli_main(run, argv)
+
+
+if __name__ == "__main__":
+    main()
