@@ -7,7 +7,7 @@ Commands (from the repository root)
     python bench/step.py --write-ckpt /tmp/medsam_random.pth  # only write the random MedSAM-shaped state dict
     nice -n 19 python bench/step.py                           # CPU: the reduced configuration, 1 + 2 steps
 
-What is built. `train.resolve_config(train.parse_args(...))` with the flags below, then `train.build_run`:
+What is built. `train.resolve_config(train.parse_args(...))` with the flags below, then `synfoc.build_run`:
 the students, EMA teachers, optimisers, GradScaler and autocast exactly as train.py makes them. On a GPU
 the default is the paper configuration: MedSAM ViT-B at I = 512 loaded through the real checkpoint path
 (`--sam-ckpt`; without it a random state dict with MedSAM's key names and 1024-size shapes -- pos_embed
@@ -22,11 +22,11 @@ What is timed. Inputs are random tensors made once on the device (no loader: thi
 the copy-paste masks M_S of every step are drawn with train.boxes and moved to the device before timing.
 Then: one step under torch.utils.flop_counter.FlopCounterMode (eager, before any compilation; counts
 matmuls, convolutions and attention, not elementwise work), W warm-up steps (compilation happens here),
-N steps of `train.train_step` timed with one device synchronisation before and one after (none inside),
+N steps of `synfoc.train_step` timed with one device synchronisation before and one after (none inside),
 then N more steps with the parts timed by CUDA events (no host sync either; on a CPU by the clock):
-teachers (`train.teach`: stages 2-5), students forward + losses (`train.student_losses`: 6-7), backward
-(from `train.update`'s start to the last gradient accumulated: a post-accumulate-grad hook on every
-trainable tensor) and optimisers + EMA (the rest of `train.update`). The hooks cost a little, so the parts
+teachers (`synfoc.teach`: stages 2-5), students forward + losses (`synfoc.student_losses`: 6-7), backward
+(from `synfoc.update`'s start to the last gradient accumulated: a post-accumulate-grad hook on every
+trainable tensor) and optimisers + EMA (the rest of `synfoc.update`). The hooks cost a little, so the parts
 add up to slightly more than s/step.
 
 Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then the same as one JSON line:
@@ -49,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project is flat scripts at the repository root
 
+import synfoc  # noqa: E402
 import train  # noqa: E402
 from medsam_lora import LoRAQKV, build_sam  # noqa: E402
 from sam_attention import use_fast_attention  # noqa: E402
@@ -117,8 +118,10 @@ def random_medsam_state_dict(seed: int = 0, **vit) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- building
 
 def train_argv(args: argparse.Namespace, sam_ckpt: str | None, out: str) -> list[str]:
-    """The train.py command line of this benchmark."""
+    """The train.py command line of this benchmark (--burn-in 0: always the full SynFoC step, never the
+    supervised-only burn-in)."""
     argv = ["--dataset", args.dataset, "--sam", args.sam, "--amp", args.amp, "--unet-width", str(args.unet_width),
+            "--burn-in", "0",
             "--device", args.device, "--workers", "0", "--seed", str(args.seed), "--out", out]
     if args.batch is not None:
         argv += ["--batch", *map(str, args.batch)]
@@ -161,7 +164,7 @@ def count_flops(run, x: Inputs, step: int) -> int:
         custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = \
             lambda go, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(go, q, k, v)
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        train.train_step(run, x.lb, x.ub, x.masks[step], step)
+        synfoc.train_step(run, x.lb, x.ub, x.masks[step], step)
     return counter.get_total_flops()
 
 
@@ -202,11 +205,11 @@ def timed_split(run, x: Inputs, first: int, n: int, clock: Clock) -> dict[str, f
     try:
         for t in range(first, first + n):
             a = clock.mark()
-            tg = train.teach(run, x.lb, x.ub, x.masks[t], t)
+            tg = synfoc.teach(run, x.lb, x.ub, x.masks[t], t)
             b = clock.mark()
-            terms = train.student_losses(run, x.lb, tg, t)
+            terms = synfoc.student_losses(run, x.lb, tg, t)
             c = clock.mark()
-            train.update(run, terms["loss"], t)
+            synfoc.update(run, terms["loss"], t)
             d = clock.mark()
             marks.append((a, b, c, last_grad[0], d))
     finally:
@@ -237,7 +240,7 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
         if args.unet_size is not None:
             cfg["unet_size"] = args.unet_size
         torch.manual_seed(args.seed)
-        run = train.build_run(cfg, device)
+        run = synfoc.build_run(cfg, device)
     patched = 0
     if args.fast_attn:
         patched = sum(use_fast_attention(m) for m in (run.sam, run.sam_t) if m is not None)
@@ -250,14 +253,14 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
     if args.compile:
         compile_run(run, args.compile_backend)
     for t in range(1, 1 + args.warmup):
-        train.train_step(run, x.lb, x.ub, x.masks[t], t)
+        synfoc.train_step(run, x.lb, x.ub, x.masks[t], t)
     first = 1 + args.warmup
     clock.sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for t in range(first, first + args.steps):
-        train.train_step(run, x.lb, x.ub, x.masks[t], t)
+        synfoc.train_step(run, x.lb, x.ub, x.masks[t], t)
     clock.sync()
     s_step = (time.perf_counter() - t0) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None

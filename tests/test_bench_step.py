@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import step as bench_step  # noqa: E402  (bench/step.py)
 
+import synfoc  # noqa: E402
 import train  # noqa: E402
 from checkpoint import TINY_SAM  # noqa: E402
 from medsam_lora import build_sam  # noqa: E402
@@ -122,15 +123,15 @@ def test_cuda_train_step_never_syncs_the_host():
     with tempfile.TemporaryDirectory() as out:
         cfg = train.resolve_config(train.parse_args(bench_step.train_argv(args, None, out)))
         cfg["unet_size"] = args.unet_size
-        run = train.build_run(cfg, torch.device("cuda"))
+        run = synfoc.build_run(cfg, torch.device("cuda"))
     from sam_attention import use_fast_attention
     assert use_fast_attention(run.sam) + use_fast_attention(run.sam_t) == 4
     x = bench_step.make_inputs(run, cfg, 2, torch.device("cuda"), 0)
-    train.train_step(run, x.lb, x.ub, x.masks[0], 0)  # lazy initialisation (cuBLAS handles...) may sync once
+    synfoc.train_step(run, x.lb, x.ub, x.masks[0], 0)  # lazy initialisation (cuBLAS handles...) may sync once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        train.train_step(run, x.lb, x.ub, x.masks[1], 1)
+        synfoc.train_step(run, x.lb, x.ub, x.masks[1], 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
