@@ -23,7 +23,7 @@
 #   4. train.txt    train.py --dataset fundus, 200 steps on a synthetic 800x800 Fundus-layout set (synthetic.py),
 #                   random MedSAM-shaped SAM weights; every metrics.csv loss must be finite (train_metrics.csv)
 #   5. bench.txt    the same bench cases with --compile (--fast-attn first, then plain)
-# Expect sections 1-4 to fit the default 480 s on an H100 (16 eager bench processes of ~20 s: random ViT-B
+# Expect sections 1-4 to fit the default 480 s on an H100 (8 eager bench processes of ~20 s: random ViT-B
 # init + 375 MB checkpoint + 1 + 3 + 10 + 10 steps; 200 train steps with evaluation); the compiled cases
 # (~1-2 min of compilation each) then mostly SKIP: run them in a second call with SECTIONS=compile.
 # summary.txt ends with one line per bench case (s/step, images/s, peak memory, TFLOP/s) and the verdicts.
