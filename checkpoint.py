@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import data
 from medsam_lora import CheckpointError, build_sam
+from sam_attention import use_fast_attention
 from unet import UNet
 
 CKPT_FORMAT = "synfoc-ckpt-1"
@@ -51,6 +52,8 @@ def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, to
             sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"], **kw)
         else:
             sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"], lite_size=cfg.get("lite_size", 256), **kw)
+        if cfg.get("fast_attn"):
+            use_fast_attention(sam)  # same outputs (tested), SDPA kernels
         sam = sam.to(device)
     return unet, sam
 

@@ -49,7 +49,8 @@ from synfoc import Run, build_run, lam, train_step
 
 METRIC_NAMES = ["loss", "L_x", "L_u", "L_c", "L_d", "lambda", "alpha", "phi_self", "phi_mut", "mask_ratio",
                 "dice_sam_teacher", "dice_unet_teacher", "dice_ensemble"]
-SYNFOC_ONLY = ("alpha", "reg")  # flags that mean something only when both models train
+SYNFOC_ONLY = ("alpha", "reg")
+REFERENCE = Path(__file__).resolve().parent / "bench" / "synthetic_reference.json"  # written by bench/table7.py  # flags that mean something only when both models train
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--sam-norm", choices=["unit", "minmax"],
                    help="SAM input scaling: unit = pixel/255 as the official code, minmax = each image to "
                         "[0,1] by its own min/max as MedSAM's preprocessing (default: preset)")
+    p.add_argument("--fast-attn", action="store_true", help="MedSAM ViT attention through scaled_dot_product_attention "
+                                                            "(sam_attention.py; same outputs, faster on GPUs)")
     p.add_argument("--unet-norm", choices=["unit", "minmax"],
                    help="U-Net input scaling: unit = pixel/255 as the official code, minmax = each image to [0,1] "
                         "by its own min/max (default: preset)")
@@ -128,7 +131,7 @@ def resolve_config(given: dict) -> dict:
         dataset=dataset, domain=1, data_root="data", data_seed=0, labeled=pre.get("labeled"),
         labeled_ratio=pre.get("labeled_ratio"), sam=pre.get("sam", "medsam"), sam_ckpt="checkpoints/medsam_vit_b.pth",
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
-        sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"), mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
+        sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"), fast_attn=False, mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
@@ -145,6 +148,8 @@ def resolve_config(given: dict) -> dict:
     for k in SYNFOC_ONLY:
         if k in given and cfg["mode"] != "synfoc":
             raise ConfigError(f"{flag(k)} {given[k]} applies to --mode synfoc only (got --mode {cfg['mode']})")
+    if cfg["fast_attn"] and cfg["sam"] == "litemedsam":
+        raise ConfigError("--fast-attn applies to the MedSAM ViT (--sam medsam or tiny); LiteMedSAM's TinyViT has its own attention")
     if "lite_size" in given and cfg["sam"] != "litemedsam":
         raise ConfigError(f"--lite-size applies to --sam litemedsam only (got --sam {cfg['sam']})")
     if "data_seed" in given and dataset != "synthetic":
@@ -270,6 +275,24 @@ def dice_table(res: dict[str, dict[int, float]], domains: list[str]) -> str:
     return "\n".join(rows)
 
 
+def reference_line(cfg: dict) -> str:
+    """The baselines of the same budget measured by bench/table7.py (bench/synthetic_reference.json), as a few
+    lines, when this run's budget is the one measured there; "" otherwise."""
+    if cfg["dataset"] != "synthetic" or cfg["mode"] != "synfoc" or not REFERENCE.is_file():
+        return ""
+    ref = json.loads(REFERENCE.read_text())
+    if any(cfg.get(k) != v for k, v in ref["budget"].items()):
+        return ""
+    doms = data.PRESETS["synthetic"]["domains"]
+    lines = [f"the same budget's baselines, measured by bench/table7.py on {ref['date']} ({ref['machine']}; "
+             f"data seed {ref['data_seed']}, training seed {ref['seed']}), mean Dice (%):"]
+    for row, models in ref["results"].items():
+        for model, r in models.items():
+            lines.append(f"  {row + ' (' + model + ')':<26}" + "".join(f"{d} {100 * r[d]:5.1f}  " for d in doms)
+                         + f"mean {100 * r['mean']:5.1f}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- training
 
 def checkpoint(run: Run, step: int, best: float) -> dict:
@@ -359,7 +382,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     for step in bar:
         lb = to_dev(next(lab_iter))
         ub = to_dev(next(unl_iter)) if semi else None  # drawn in burn-in too, so the data order never depends on K
-        M_S = boxes(step, U, cfg["unet_size"], cfg["seed"]).to(run.device, non_blocking=True) if semi else None
+        M_S = boxes(step, U, cfg["unet_size"], cfg["seed"]) if semi else None
+        if M_S is not None and run.device.type == "cuda":  # pinned, so the copy really is asynchronous
+            M_S = M_S.pin_memory().to(run.device, non_blocking=True)
         o = train_step(run, lb, ub, M_S, step)
 
         # Bookkeeping on the device; the host only looks at it every --log-every steps.
@@ -407,6 +432,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     bar.close()
     if res:
         log.line("final per-domain mean Dice (%) of the students, last step:\n" + dice_table(res, domains))
+        ref = reference_line(cfg)
+        if ref:
+            log.line(ref)
     return out
 
 

@@ -87,12 +87,14 @@ def test_strategy_alpha_each():
     ps, pm = torch.tensor([0.5, 1.0]), torch.tensor([0.8, 0.25])
     expect = {"smc": [0.4, 0.25], "const": [0.5, 0.5], "linear": [0.25, 0.25], "self": [0.5, 1.0],
               "mutual": [0.8, 0.25]}
-    assert set(smc.STRATEGIES) == set(expect) | {"cps"}
+    assert set(smc.STRATEGIES) == set(expect) | {"cps", "own"}
     for name, want in expect.items():
         for_sam, for_unet = smc.strategy_alpha(name, ps, pm, 25, 100)
         assert for_sam is for_unet and for_sam.tolist() == pytest.approx(want), name
     for_sam, for_unet = smc.strategy_alpha("cps", ps, pm, 25, 100)
     assert for_sam.tolist() == [1.0, 1.0] and for_unet.tolist() == [0.0, 0.0]
+    for_sam, for_unet = smc.strategy_alpha("own", ps, pm, 25, 100)  # each student from its own teacher
+    assert for_sam.tolist() == [0.0, 0.0] and for_unet.tolist() == [1.0, 1.0]
     lin, _ = smc.strategy_alpha("linear", ps, pm, torch.tensor(300), 100)  # tensor step, clamped
     assert lin.tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="strategy"):

@@ -180,3 +180,17 @@ def test_flags_override_presets():
     assert cfg["labeled"] == 10 and cfg["labeled_ratio"] is None
     cfg = train.resolve_config(train.parse_args(["--dataset", "busi"]))
     assert cfg["labeled"] is None and cfg["labeled_ratio"] == pytest.approx(0.125)
+
+
+def test_reference_line_only_for_the_measured_budget(tmp_path, monkeypatch):
+    ref = dict(date="2026-11-26", machine="m", data_seed=0, seed=0, budget={"steps": 200, "batch": [2, 2]},
+               results={"SupOnly": {"unet": {"Domain1": 0.9, "Domain2": 0.1, "Domain3": 0.2, "Domain4": 0.3, "mean": 0.375}}})
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    monkeypatch.setattr(train, "REFERENCE", tmp_path / "ref.json")
+    cfg = train.resolve_config(train.parse_args(["--steps", "200", "--batch", "2", "2"]))
+    line = train.reference_line(cfg)
+    assert "SupOnly (unet)" in line and "Domain2  10.0" in line and "mean  37.5" in line and "2026-11-26" in line
+    assert train.reference_line(dict(cfg, steps=201)) == ""          # another budget: no claim
+    assert train.reference_line(dict(cfg, mode="unet")) == ""
+    monkeypatch.setattr(train, "REFERENCE", tmp_path / "none.json")
+    assert train.reference_line(cfg) == ""
