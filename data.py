@@ -297,14 +297,20 @@ def volume_id(dataset: str, name: str) -> tuple[str, int]:
 
 
 # ----------------------------------------------------------------------------- augmentation
-def _nearest(label: np.ndarray, size: int) -> np.ndarray:
-    """Nearest resize of [H,W] to [size,size] (pixel-centre sampling, exact for class ids)."""
-    h, w = label.shape[:2]
-    if (h, w) == (size, size):
+def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest resize of a label map [H,W] to [h,w] by pixel-centre sampling (exact for class ids): the one
+    numpy rule of the project (datasets, and predict.py back to each image's size)."""
+    H, W = label.shape[:2]
+    if (H, W) == (h, w):
         return label
-    iy = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.int64), h - 1)
-    ix = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.int64), w - 1)
+    iy = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
+    ix = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
     return label[iy[:, None], ix[None, :]]
+
+
+def _nearest(label: np.ndarray, size: int) -> np.ndarray:
+    """resize_label to a square [size,size]."""
+    return resize_label(label, size, size)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:

@@ -134,14 +134,6 @@ def read_image(path: Path, channels: int) -> np.ndarray:
         return np.asarray(im)
 
 
-def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest resize of an int label map [s0,s1] to [h,w] (pixel-centre sampling)."""
-    s0, s1 = label.shape
-    iy = np.minimum(((np.arange(h) + 0.5) * s0 / h).astype(np.int64), s0 - 1)
-    ix = np.minimum(((np.arange(w) + 0.5) * s1 / w).astype(np.int64), s1 - 1)
-    return label[iy[:, None], ix[None, :]]
-
-
 def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, out: Path, device: torch.device,
                    amp: torch.dtype | None) -> int:
     """Segment every image of `folder` with the one model in `models`; writes <name>.png (dataset mask encoding,
@@ -168,7 +160,7 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, 
         x_unet = data.to_input(img, S, cfg["in_channels"])[None].to(device)
         x_sam = data.to_input(img, sam_size, 3)[None].to(device)
         label = next(iter(predict(models, x_unet, x_sam, S, amp).values()))[0].cpu().numpy()
-        label = resize_label(label, img.shape[0], img.shape[1])
+        label = data.resize_label(label, img.shape[0], img.shape[1])
         Image.fromarray(data.encode_mask(dataset, label)).save(out / f"{stem}.png")
         Image.fromarray(overlay(img, label)).save(out / f"{stem}_overlay.png")
     return failed

@@ -30,6 +30,7 @@ Everything here stays on the device (no .item(), .cpu(), or host-to-device copy)
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,7 @@ class Run:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     device: torch.device
+    sync: Callable[["Run"], None] | None = None  # after the backward: averages gradients over ranks (torchrun)
 
     def amp(self):
         """The autocast context of this run (a no-op with --amp off)."""
@@ -84,6 +86,10 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
     for model in (unet, unet_t, sam, sam_t):
         if model is not None:
             model.train()  # teachers stay in train mode during training (official)
+            if device.type == "cuda" and isinstance(model, UNet):
+                model.to(memory_format=torch.channels_last)  # NHWC convolutions (cuDNN's fast path)
+            if cfg.get("compile"):
+                model.compile()  # in place: state_dict keys unchanged
     fused = device.type == "cuda"  # one kernel per optimiser step, and no host sync in GradScaler.step
     opt_unet = torch.optim.SGD(unet.parameters(), lr=cfg["lr_unet"], momentum=0.9, weight_decay=1e-4,
                                fused=fused) if unet is not None else None
@@ -246,6 +252,8 @@ def update(run: Run, loss: Tensor, step: int) -> None:
     for o in run.optims:
         o.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    if run.sync is not None:
+        run.sync(run)
     for o in run.optims:
         run.scaler.step(o)
     run.scaler.update()

@@ -11,6 +11,7 @@ Commands
     python train.py --dataset fundus --domain 1 --alpha cps       # Table 8: const, linear, self, mutual, cps (own: Table 7)
     python train.py --dataset fundus --domain 1 --reg cr          # Table 7: cdcr (default), cr, none
     python train.py --resume runs/fundus_d1_synfoc                # continue a killed run exactly
+    torchrun --nproc_per_node 4 train.py --dataset fundus --domain 1   # 4 GPUs (distributed.py; --batch is per rank)
 
 One iteration is synfoc.train_step (stages 1-8 and their equations are listed in synfoc.py); this file
 holds the command line, the presets, the data plumbing, the loop, logging and checkpoints.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import distributed
 import evaluate
 import plots
 import smc
@@ -83,6 +86,8 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--sam-norm", choices=["unit", "minmax"],
                    help="SAM input scaling: unit = pixel/255 as the official code, minmax = each image to "
                         "[0,1] by its own min/max as MedSAM's preprocessing (default: preset)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the students and teachers (GPU; the first "
+                                                          "steps pay the compilation)")
     p.add_argument("--fast-attn", action="store_true", help="MedSAM ViT attention through scaled_dot_product_attention "
                                                             "(sam_attention.py; same outputs, faster on GPUs)")
     p.add_argument("--unet-norm", choices=["unit", "minmax"],
@@ -112,7 +117,8 @@ def parse_args(argv: list[str] | None) -> dict:
                                                   "evaluation (default: all)")
     p.add_argument("--amp", choices=["off", "fp16", "bf16"], help="autocast (default: preset, else fp16 on CUDA, off on CPU)")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
-    p.add_argument("--workers", type=int, help="data loader worker processes (default: 4 on CUDA, 0 on CPU)")
+    p.add_argument("--workers", type=int, help="data loader worker processes (default: half the CPUs, at most 8, on "
+                                               "CUDA; 0 on CPU)")
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own choice)")
     p.add_argument("--seed", type=int, help="random seed of everything: data order, augmentation, both models' "
                                             "initialisation (default 0)")
@@ -131,12 +137,12 @@ def resolve_config(given: dict) -> dict:
         dataset=dataset, domain=1, data_root="data", data_seed=0, labeled=pre.get("labeled"),
         labeled_ratio=pre.get("labeled_ratio"), sam=pre.get("sam", "medsam"), sam_ckpt="checkpoints/medsam_vit_b.pth",
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
-        sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"), fast_attn=False, mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
+        sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"), fast_attn=False, compile=False, mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
         amp=pre.get("amp") or ("fp16" if device.startswith("cuda") else "off"), device=device,
-        workers=4 if device.startswith("cuda") else 0, threads=None, seed=0, out=None)
+        workers=min(8, (os.cpu_count() or 2) // 2) if device.startswith("cuda") else 0, threads=None, seed=0, out=None)
     for k, v in given.items():
         if k in cfg:
             cfg[k] = list(v) if isinstance(v, tuple) else v
@@ -185,12 +191,13 @@ class StepSampler(torch.utils.data.Sampler):
     """Yields, for each step t in [start, total), `batch` keys (index, t): the sample AND its augmentation
     are a pure function of (seed, t), so a resumed run sees exactly the batches it would have seen."""
 
-    def __init__(self, n: int, batch: int, seed: int, tag: int, start: int, total: int):
+    def __init__(self, n: int, batch: int, seed: int, tag: int, start: int, total: int, rank: tuple[int, ...] = ()):
         self.n, self.batch, self.seed, self.tag, self.start, self.total = n, batch, seed, tag, start, total
+        self.rank = rank  # (rank,) under torchrun: each rank its own batches; () keeps single-process draws
 
     def __iter__(self):
         for t in range(self.start, self.total):
-            rng = np.random.default_rng([self.seed, self.tag, t])
+            rng = np.random.default_rng([self.seed, self.tag, t, *self.rank])
             idx = rng.permutation(self.n)[: self.batch] if self.n >= self.batch else rng.integers(0, self.n, self.batch)
             yield [(int(i), t) for i in idx]
 
@@ -198,9 +205,9 @@ class StepSampler(torch.utils.data.Sampler):
         return self.total - self.start
 
 
-def boxes(step: int, batch: int, S: int, seed: int) -> torch.Tensor:
+def boxes(step: int, batch: int, S: int, seed: int, rank: tuple[int, ...] = ()) -> torch.Tensor:
     """The Eq. 1 copy-paste masks M of one step, drawn at S: float[B, 1, S, S] (CPU)."""
-    rng = np.random.default_rng([seed, 7, step])
+    rng = np.random.default_rng([seed, 7, step, *rank])
     return torch.from_numpy(np.stack([data.random_box(S, rng) for _ in range(batch)])).float()[:, None]
 
 
@@ -238,17 +245,21 @@ class Log:
     """log.txt (human), metrics.csv (one row per logging interval), evals.csv (one row per evaluation,
     model and domain); all appended, so resume continues them."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, enabled: bool = True):
         self.txt, self.csv, self.evals = out / "log.txt", out / "metrics.csv", out / "evals.csv"
+        self.enabled = enabled  # only rank 0 writes under torchrun
 
     def line(self, msg: str, echo: bool = True) -> None:
+        if not self.enabled:
+            return
         with open(self.txt, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if echo:
             tqdm.write(msg)
 
-    @staticmethod
-    def _append(path: Path, header: list[str], rows: list[list]) -> None:
+    def _append(self, path: Path, header: list[str], rows: list[list]) -> None:
+        if not self.enabled:
+            return
         new = not path.exists()
         with open(path, "a", newline="") as f:
             w = csv.writer(f)
@@ -339,6 +350,8 @@ def setup(given: dict) -> tuple[dict, dict | None]:
 def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     """Run (or resume) one training; returns the run folder. stop_at: end after that step as if killed (tests)."""
     cfg, ck = setup(parse_args(argv))
+    rank, world, cfg["device"] = distributed.init(cfg["device"])
+    is_main, rank_key = rank == 0, ((rank,) if world > 1 else ())
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     out, T, domains = Path(cfg["out"]), cfg["steps"], data.PRESETS[cfg["dataset"]]["domains"]
@@ -346,16 +359,24 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     run = build_run(cfg, cfg["device"])  # models first: a missing MedSAM checkpoint fails before any data work
     # SAM input / logit sizes; without SAM the SAM views are never used, so keep them at S (cheap).
     I, R = (run.sam.image_size, run.sam.logit_size) if run.sam is not None else (cfg["unet_size"],) * 2
-    cfg.update(sam_size=I, sam_logit_size=R)
+    if ck is not None and ck["config"].get("world_size", 1) != world:
+        raise ConfigError(f"--resume: the run was trained by {ck['config'].get('world_size', 1)} process(es), this is {world}; "
+                          "resume with the same torchrun --nproc_per_node (the batches are keyed by the rank)")
+    cfg.update(sam_size=I, sam_logit_size=R, world_size=world)
+    run.sync = distributed.sync_run if world > 1 else None
+    if is_main:  # rank 0 generates the synthetic set (if needed) before the others read it
+        root = dataset_root(cfg)
+    distributed.barrier()
     root = dataset_root(cfg)
     lab_cases, unl_cases = data.split_labeled(cfg["dataset"], root, cfg["domain"], cfg["labeled"], cfg["labeled_ratio"])
     test_cases = data.test_cases(cfg["dataset"], root)
     if cfg["test_limit"]:
         test_cases = [c for d in sorted({c[2] for c in test_cases})
                       for c in [c for c in test_cases if c[2] == d][: cfg["test_limit"]]]
-    out.mkdir(parents=True, exist_ok=True)
-    log = Log(out)
-    if ck is None:
+    log = Log(out, enabled=is_main)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if ck is None and is_main:
         for f in ("log.txt", "metrics.csv", "evals.csv", "last.pt", "best_test_selected.pt"):
             (out / f).unlink(missing_ok=True)
         (out / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -367,7 +388,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     L, U = cfg["batch"]
     semi = cfg["mode"] != "suponly"
     loader = lambda ds, bsz, tag: iter(torch.utils.data.DataLoader(  # noqa: E731
-        ds, batch_sampler=StepSampler(len(ds), bsz, cfg["seed"], tag, start, T), num_workers=cfg["workers"],
+        ds, batch_sampler=StepSampler(len(ds), bsz, cfg["seed"], tag, start, T, rank_key), num_workers=cfg["workers"],
         pin_memory=run.device.type == "cuda"))
     lab_iter = loader(data.LabeledSet(cfg["dataset"], lab_cases, I, R, seed=cfg["seed"]), L, 1)
     unl_iter = loader(data.UnlabeledSet(cfg["dataset"], unl_cases, I, R, seed=cfg["seed"] + 1), U, 2) if semi else None
@@ -377,12 +398,12 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     lam_acc, n_acc, first_bad = 0.0, 0, torch.full((), -1, device=run.device, dtype=torch.long)
     bad_terms = torch.zeros(5, device=run.device)
     last_dice, res = float("nan"), {}
-    bar = tqdm(range(start, T), initial=start, total=T, desc=out.name, dynamic_ncols=True)
+    bar = tqdm(range(start, T), initial=start, total=T, desc=out.name, dynamic_ncols=True, disable=not is_main)
     t_log = time.time()
     for step in bar:
         lb = to_dev(next(lab_iter))
         ub = to_dev(next(unl_iter)) if semi else None  # drawn in burn-in too, so the data order never depends on K
-        M_S = boxes(step, U, cfg["unet_size"], cfg["seed"]) if semi else None
+        M_S = boxes(step, U, cfg["unet_size"], cfg["seed"], rank_key) if semi else None
         if M_S is not None and run.device.type == "cuda":  # pinned, so the copy really is asynchronous
             M_S = M_S.pin_memory().to(run.device, non_blocking=True)
         o = train_step(run, lb, ub, M_S, step)
@@ -399,7 +420,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
 
         done = step + 1
         if done % cfg["log_every"] == 0 or done % cfg["eval_every"] == 0 or done == T or done == stop_at:
-            if int(first_bad) >= 0:   # host sync, once per interval
+            if distributed.any_rank(int(first_bad) >= 0):   # host sync, once per interval
                 vals = ", ".join(f"{n}={v:.4g}" for n, v in zip(["L_x", "L_u", "L_c", "L_d", "loss"], bad_terms.tolist()))
                 msg = (f"non-finite loss at step {int(first_bad)} ({vals}); stopping. {out / 'last.pt'} holds the "
                        "last good checkpoint" + ("" if (out / "last.pt").exists() else " (none written yet)"))
@@ -410,7 +431,10 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             acc.zero_()
             lam_acc, n_acc = 0.0, 0
             bar.set_postfix(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}", dice=f"{last_dice:.3f}")
-        if done % cfg["eval_every"] == 0 or done == T:
+        if (done % cfg["eval_every"] == 0 or done == T) and world > 1:
+            log.line(f"step {done}: the {world} ranks hold identical models "
+                     f"(fingerprint {distributed.check_identical(run):.17g})", echo=False)
+        if (done % cfg["eval_every"] == 0 or done == T) and is_main:
             res = evaluate_students(run, test_cases, cfg)
             mean = {n: float(np.mean(list(r.values()))) for n, r in res.items()}
             last_dice = headline = mean.get("medsam", mean.get("unet"))
@@ -435,12 +459,14 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         ref = reference_line(cfg)
         if ref:
             log.line(ref)
+    distributed.close()
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        train(argv)
+        # SYNFOC_STOP_AT=k ends after step k as if killed (the multi-process resume test)
+        train(argv, stop_at=int(os.environ["SYNFOC_STOP_AT"]) if "SYNFOC_STOP_AT" in os.environ else None)
     except (ConfigError, data.DataError, CheckpointError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -116,8 +116,8 @@ def test_new_image_input_matches_testset(shared_data):
 
 def test_resize_label_nearest():
     lab = np.arange(16).reshape(4, 4)
-    assert predict.resize_label(lab, 8, 8)[::2, ::2].tolist() == lab.tolist()
-    assert predict.resize_label(lab, 2, 6).shape == (2, 6)
+    assert data.resize_label(lab, 8, 8)[::2, ::2].tolist() == lab.tolist()
+    assert data.resize_label(lab, 2, 6).shape == (2, 6)
 
 
 def test_overlay_draws_gt_contour_and_prediction():
