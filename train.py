@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None) -> dict:
                                                                  "--mode synfoc only)")
     p.add_argument("--steps", type=int, help="total training steps T (default: preset)")
     p.add_argument("--burn-in", type=int, help="supervised-only steps K before λ(t) starts; the Eq. 2 ramp then "
-                                               "runs over the remaining T-K steps (default: preset; 0 = paper)")
+                                               "runs over the remaining T-K steps (default: preset; 0 = paper; "
+                                               "synthetic: 30%% of --steps)")
     p.add_argument("--batch", type=int, nargs=2, metavar=("L", "U"), help="labeled and unlabeled batch size (default: preset)")
     p.add_argument("--tau", type=float, help="pseudo-label confidence threshold (default 0.95)")
     p.add_argument("--ema", type=float, help="EMA decay of both teachers (default: preset; 0.99 = paper)")
@@ -146,6 +147,8 @@ def resolve_config(given: dict) -> dict:
     for k, v in given.items():
         if k in cfg:
             cfg[k] = list(v) if isinstance(v, tuple) else v
+    if "burn_in" not in given and "burn_in_frac" in pre:  # a preset's burn-in is a share of the steps
+        cfg["burn_in"] = int(pre["burn_in_frac"] * cfg["steps"])
     if "labeled" in given:      # one of the two counts wins, never both silently
         cfg["labeled_ratio"] = None
     if "labeled_ratio" in given:
