@@ -44,7 +44,7 @@ def _progress(step: float | Tensor, total: float | Tensor) -> float | Tensor:
     return 1.0 if total <= 0 else min(max(step / total, 0.0), 1.0)
 
 
-def in_part(labels: Tensor, part: Sequence[int]) -> Tensor:
+def _in_part(labels: Tensor, part: Sequence[int]) -> Tensor:
     """int [B,H,W] -> bool [B,H*W]: pixels whose class id is in `part` (python ints: no host->device copy)."""
     hit = torch.zeros_like(labels, dtype=torch.bool)
     for c in part:
@@ -63,7 +63,7 @@ def agreement(a: Tensor, b: Tensor, parts: Sequence[Sequence[int]]) -> Tensor:
         raise ValueError("agreement: parts is empty (expected e.g. [(1,), (1, 2)])")
     total = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
     for part in parts:  # a handful of parts: the loop is over parts, not pixels
-        in_a, in_b = in_part(a, part), in_part(b, part)
+        in_a, in_b = _in_part(a, part), _in_part(b, part)
         inter = (in_a & in_b).sum(1).float()
         total += (2.0 * inter + 1.0) / (in_a.sum(1).float() + in_b.sum(1).float() + 1.0)
     return total / len(parts)

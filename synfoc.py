@@ -39,7 +39,7 @@ from torch import Tensor
 
 import losses
 import smc
-from checkpoint import build_models, uses
+from checkpoint import build_models
 from medsam_lora import make_teacher
 from unet import UNet
 
@@ -145,7 +145,8 @@ def teach(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dict[str, Ten
         p_ut = run.unet_t(ub["weak_unet"]).float().softmax(1)                # [B, C, S, S]   stage 2
         p_ms = run.sam_t(ub["weak_sam"]).float().softmax(1)                  # [B, C, R, R]
         g_w = run.unet(ub["weak_unet"]).argmax(1)                            # [B, S, S]      stage 3
-    phi_self, phi_mut = smc.smc_factors(g_w, p_ut.argmax(1), p_ms.argmax(1), parts)  # Eq. 4, 5: [B] each
+    y_ut = p_ut.argmax(1)                                                    # [B, S, S]
+    phi_self, phi_mut = smc.smc_factors(g_w, y_ut, p_ms.argmax(1), parts)   # Eq. 4, 5: [B] each
     a_sam, a_unet = smc.strategy_alpha(cfg["alpha"], phi_self, phi_mut, step, cfg["steps"])  # Eq. 6
     q_S, w_S = smc.pseudo_label(smc.ensemble(p_ut, p_ms, a_unet), cfg["tau"])          # Eq. 3, 7 at S
     q_R, w_R = smc.pseudo_label(resize(smc.ensemble(p_ut, p_ms, a_sam), R, "bilinear"), cfg["tau"])  # at R
@@ -157,7 +158,7 @@ def teach(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dict[str, Ten
     return dict(xc_S=xc_S, qc_S=qc_S, wc_S=wc_S, xc_I=xc_I, qc_R=qc_R, wc_R=wc_R,
                 alpha=a_unet.mean(), phi_self=phi_self.mean(), phi_mut=phi_mut.mean(), mask_ratio=w_S.mean(),
                 dice_ensemble=smc.agreement(q_S, gt, parts).mean(),
-                dice_unet_teacher=smc.agreement(p_ut.argmax(1), gt, parts).mean(),
+                dice_unet_teacher=smc.agreement(y_ut, gt, parts).mean(),
                 dice_sam_teacher=smc.agreement(resize(p_ms, S, "bilinear").argmax(1), gt, parts).mean())
 
 
@@ -171,10 +172,10 @@ def student_losses(run: Run, lb: dict, tg: dict[str, Tensor], step: int) -> dict
     f_l, f_c = f[:L], f[L:]
     L_x = seg_loss(g_l, lb["label_unet"]) + seg_loss(f_l, lb["label_sam"])
     L_u = seg_loss(g_c, tg["qc_S"], tg["wc_S"]) + seg_loss(f_c, tg["qc_R"], tg["wc_R"])
-    pc_ut, pc_ms = g_c.softmax(1), f_c.softmax(1)                           # [B, C, S, S], [B, C, R, R]
-    pc_ms_S = resize(pc_ms, run.cfg["unet_size"], "nearest")
-    zero = L_x.new_zeros(())
-    L_c = L_d = zero
+    L_c = L_d = L_x.new_zeros(())
+    if run.cfg["reg"] != "none":
+        pc_ut, pc_ms = g_c.softmax(1), f_c.softmax(1)                       # [B, C, S, S], [B, C, R, R]
+        pc_ms_S = resize(pc_ms, run.cfg["unet_size"], "nearest")
     if run.cfg["reg"] == "cdcr":
         mc_S, md_S, mc_R, _ = smc.consensus_masks(pc_ut, pc_ms)            # Eq. 8
         L_c = 0.5 * (losses.entropy_loss(pc_ms, mc_R) + losses.entropy_loss(pc_ut, mc_S))  # Eq. 9
@@ -273,4 +274,4 @@ def train_step(run: Run, lb: dict, ub: dict | None, M_S: Tensor | None, step: in
 
 
 __all__ = ["Run", "build_run", "lam", "teach", "student_losses", "synfoc_losses", "supervised_losses",
-           "baseline_losses", "losses_fn", "update", "train_step", "ema_update", "uses", "LOSS_NAMES"]
+           "baseline_losses", "losses_fn", "update", "train_step", "ema_update", "LOSS_NAMES"]

@@ -367,10 +367,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
                           "resume with the same torchrun --nproc_per_node (the batches are keyed by the rank)")
     cfg.update(sam_size=I, sam_logit_size=R, world_size=world)
     run.sync = distributed.sync_run if world > 1 else None
-    if is_main:  # rank 0 generates the synthetic set (if needed) before the others read it
-        root = dataset_root(cfg)
+    root = dataset_root(cfg) if is_main else None  # rank 0 generates the synthetic set (if needed) first
     distributed.barrier()
-    root = dataset_root(cfg)
+    root = root or dataset_root(cfg)
     lab_cases, unl_cases = data.split_labeled(cfg["dataset"], root, cfg["domain"], cfg["labeled"], cfg["labeled_ratio"])
     test_cases = data.test_cases(cfg["dataset"], root)
     if cfg["test_limit"]:

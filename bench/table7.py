@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ BUDGET_KEYS = ("steps", "burn_in", "batch", "lr_sam", "lr_unet", "ema", "tau", "
 
 def run_row(name: str, flags: list[str], args: argparse.Namespace, out: Path) -> tuple[Path, float]:
     """Train one row (or reuse a finished run); returns (run folder, wall seconds of the training)."""
-    folder = out / name.replace(" ", "_").replace(":", "").replace("/", "").replace("(", "").replace(")", "").replace("+", "p")
+    folder = out / re.sub(r"[^\w-]+", "_", name).strip("_")  # "Base U-Net" -> Base_U-Net
     argv = ["--dataset", "synthetic", "--data-seed", str(args.data_seed), "--seed", str(args.seed),
             "--data-root", args.data_root, "--out", str(folder), *flags, *args.train_args]
     if args.steps:
