@@ -39,7 +39,8 @@ def uses(cfg: dict) -> tuple[bool, bool]:
 def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
     """The two students of a (saved) config; a model the mode does not train is None."""
     use_unet, use_sam = uses(cfg)
-    unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit")).to(device) \
+    unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
+                cfg.get("unet_layer", "batch")).to(device) \
         if use_unet else None
     sam = None
     if use_sam:  # configs saved before a key existed get its old behaviour

@@ -41,7 +41,8 @@ _PAIRS_MAX = 400_000  # surface pixel pairs; above, one distance transform of th
 
 def part_mask(label: np.ndarray, part: Sequence[int]) -> np.ndarray:
     """The pixels in one metric part: boolean array (label's shape) that is True where the int label map
-    holds any of the part's class ids (e.g. fundus disc = (1, 2) = cup ∪ rim)."""
+    holds any of the part's class ids (e.g. fundus disc = (1, 2) = cup ∪ rim). Only == and |, so a torch
+    tensor works too (smc.py uses it on the device; python ints: no host-to-device copy)."""
     mask = label == part[0]
     for c in part[1:]:
         mask |= label == c

@@ -25,12 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metrics import part_mask  # the project's one "pixels in part" rule (works on tensors)
+
 STRATEGIES = ("smc", "const", "linear", "self", "mutual", "cps", "own")  # Table 8 (+ own: Table 7); smc is SynFoC
 
 
 def _resize_labels(labels: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """int [B,H,W] -> int64 [B,h,w] by nearest (torch "nearest": source index floor(i * H / h))."""
-    out = F.interpolate(labels.unsqueeze(1).float(), size=size, mode="nearest")
+    """int [B,H,W] -> int64 [B,h,w] by nearest, pixel-centre sampling (torch "nearest-exact": source index
+    floor((i + 0.5) * H / h)), the project's one nearest rule (data.resize_label is its numpy twin)."""
+    out = F.interpolate(labels.unsqueeze(1).float(), size=size, mode="nearest-exact")
     return out.squeeze(1).long()
 
 
@@ -44,14 +47,6 @@ def _progress(step: float | Tensor, total: float | Tensor) -> float | Tensor:
     return 1.0 if total <= 0 else min(max(step / total, 0.0), 1.0)
 
 
-def _in_part(labels: Tensor, part: Sequence[int]) -> Tensor:
-    """int [B,H,W] -> bool [B,H*W]: pixels whose class id is in `part` (python ints: no host->device copy)."""
-    hit = torch.zeros_like(labels, dtype=torch.bool)
-    for c in part:
-        hit |= labels == c
-    return hit.flatten(1)
-
-
 @torch.no_grad()
 def agreement(a: Tensor, b: Tensor, parts: Sequence[Sequence[int]]) -> Tensor:
     """Eq. 4/5: mean over parts k of (2|A_k & B_k| + 1) / (|A_k| + |B_k| + 1), per sample.
@@ -63,7 +58,7 @@ def agreement(a: Tensor, b: Tensor, parts: Sequence[Sequence[int]]) -> Tensor:
         raise ValueError("agreement: parts is empty (expected e.g. [(1,), (1, 2)])")
     total = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
     for part in parts:  # a handful of parts: the loop is over parts, not pixels
-        in_a, in_b = _in_part(a, part), _in_part(b, part)
+        in_a, in_b = part_mask(a, part).flatten(1), part_mask(b, part).flatten(1)  # bool [B, H*W]
         inter = (in_a & in_b).sum(1).float()
         total += (2.0 * inter + 1.0) / (in_a.sum(1).float() + in_b.sum(1).float() + 1.0)
     return total / len(parts)
@@ -163,7 +158,7 @@ def consensus_masks(p_unet: Tensor, p_sam: Tensor) -> tuple[Tensor, Tensor, Tens
     # argmax commutes with nearest resizing, so resize the cheap label map instead of all C channels
     q_sam = _resize_labels(p_sam.argmax(dim=1), size_s)
     m_c_s = (p_unet.argmax(dim=1) == q_sam).float().unsqueeze(1)
-    m_c_r = F.interpolate(m_c_s, size=size_r, mode="nearest")
+    m_c_r = F.interpolate(m_c_s, size=size_r, mode="nearest-exact")
     return m_c_s, 1.0 - m_c_s, m_c_r, 1.0 - m_c_r
 
 

@@ -79,7 +79,8 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
     semi = cfg["mode"] != "suponly"
     unet_t = None
     if unet is not None and semi:  # the U-Net teacher is a full copy
-        unet_t = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit")).to(device)
+        unet_t = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
+                cfg.get("unet_layer", "batch")).to(device)
         unet_t.load_state_dict(unet.state_dict())
         unet_t.requires_grad_(False)
     sam_t = make_teacher(sam) if sam is not None else None  # shares the frozen encoder with its student
@@ -107,10 +108,13 @@ def lam(step: int, cfg: dict) -> float:
 
 
 def resize(x: Tensor, size: int, mode: str) -> Tensor:
-    """[B, C, H, W] -> [B, C, size, size]; "nearest" for labels, masks and CDCR maps, "bilinear" for probs."""
+    """[B, C, H, W] -> [B, C, size, size]; "nearest" for labels, masks and CDCR maps (pixel-centre sampling,
+    torch's "nearest-exact": the same rule as data.resize_label), "bilinear" for probs."""
     if x.shape[-1] == size:
         return x
-    return F.interpolate(x, size=(size, size), mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest-exact")
+    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
 
 
 def _pair(x_l: Tensor, n: int) -> Tensor:

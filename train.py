@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--unet-norm", choices=["unit", "minmax"],
                    help="U-Net input scaling: unit = pixel/255 as the official code, minmax = each image to [0,1] "
                         "by its own min/max (default: preset)")
+    p.add_argument("--unet-layer", choices=["batch", "group"],
+                   help="U-Net feature normalisation: batch = BatchNorm as the paper, group = GroupNorm (no batch "
+                        "statistics; eval mode computes what training did) (default: preset)")
     p.add_argument("--mode", choices=["synfoc", "unet", "medsam", "suponly"],
                    help="synfoc (default); unet / medsam = single-model Mean Teacher baseline (Table 7); "
                         "suponly = U-Net on labeled images only")
@@ -138,7 +141,8 @@ def resolve_config(given: dict) -> dict:
         dataset=dataset, domain=1, data_root="data", data_seed=0, labeled=pre.get("labeled"),
         labeled_ratio=pre.get("labeled_ratio"), sam=pre.get("sam", "medsam"), sam_ckpt="checkpoints/medsam_vit_b.pth",
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
-        sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"), fast_attn=False, compile=False, mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
+        sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"),
+        unet_layer=pre.get("unet_layer", "batch"), fast_attn=False, compile=False, mode="synfoc", alpha="smc", reg="cdcr", steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,

@@ -13,23 +13,29 @@ import torch
 import torch.nn as nn
 
 
-class DoubleConv(nn.Sequential):
-    """[3x3 conv (no bias: BatchNorm follows) -> BN -> ReLU] x 2; keeps the spatial size."""
+def norm2d(kind: str, c: int) -> nn.Module:
+    """The feature normalisation after each conv: "batch" (the paper's) or "group" (GroupNorm, 8 groups:
+    no batch statistics, so eval mode computes exactly what training did)."""
+    return nn.BatchNorm2d(c) if kind == "batch" else nn.GroupNorm(min(8, c), c)
 
-    def __init__(self, c_in: int, c_out: int):
+
+class DoubleConv(nn.Sequential):
+    """[3x3 conv (no bias: a norm follows) -> norm -> ReLU] x 2; keeps the spatial size."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch"):
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm2d(norm, c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), norm2d(norm, c_out), nn.ReLU(inplace=True),
         )
 
 
 class Up(nn.Module):
     """ConvTranspose 2x up (c_in -> c_in/2), concat the skip (c_in/2), DoubleConv(c_in -> c_out)."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch"):
         super().__init__()
         self.up = nn.ConvTranspose2d(c_in, c_in // 2, kernel_size=2, stride=2)
-        self.conv = DoubleConv(c_in, c_out)
+        self.conv = DoubleConv(c_in, c_out, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # [B,c_in,h,w] -> [B,c_in/2,2h,2w]
@@ -39,16 +45,17 @@ class Up(nn.Module):
 class UNet(nn.Module):
     """U-Net with widths (w, 2w, 4w, 8w, 16w); logits at the input resolution."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 64, input_norm: str = "unit"):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64, input_norm: str = "unit",
+                 norm: str = "batch"):
         super().__init__()
-        if input_norm not in ("unit", "minmax"):
-            raise ValueError(f"input_norm {input_norm!r}: expected 'unit' or 'minmax'")
+        if input_norm not in ("unit", "minmax") or norm not in ("batch", "group"):
+            raise ValueError(f"input_norm {input_norm!r} / norm {norm!r}: expected unit|minmax, batch|group")
         self.input_norm = input_norm  # "minmax": each image to [0,1] by its own min/max before the first conv
         w = [width * 2**i for i in range(5)]  # 64 -> [64, 128, 256, 512, 1024]
-        self.inc = DoubleConv(in_channels, w[0])
-        self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1]) for i in range(4))
+        self.inc = DoubleConv(in_channels, w[0], norm)
+        self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1], norm) for i in range(4))
         self.pool = nn.MaxPool2d(2)
-        self.ups = nn.ModuleList(Up(w[i + 1], w[i]) for i in reversed(range(4)))
+        self.ups = nn.ModuleList(Up(w[i + 1], w[i], norm) for i in reversed(range(4)))
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,10 +61,10 @@ def test_smc_alpha_is_product_with_nearest_resize():
     student = torch.randint(0, 3, (3, 4, 4), generator=g)  # U-Net maps at S = 4
     teacher = torch.randint(0, 3, (3, 4, 4), generator=g)
     sam = torch.randint(0, 3, (3, 2, 2), generator=g)  # SAM map at R = 2
-    sam[0] = teacher[0, ::2, ::2]  # torch nearest 4 -> 2 keeps rows/cols 0 and 2
+    sam[0] = teacher[0, 1::2, 1::2]  # pixel-centre nearest 4 -> 2 keeps rows/cols 1 and 3
     phi_self, phi_mut = smc.smc_factors(student, teacher, sam, FUNDUS_PARTS)
     want_self = ref_agreement(student, teacher, FUNDUS_PARTS)
-    want_mut = ref_agreement(teacher[:, ::2, ::2], sam, FUNDUS_PARTS)
+    want_mut = ref_agreement(teacher[:, 1::2, 1::2], sam, FUNDUS_PARTS)
     assert phi_self.tolist() == pytest.approx(want_self, rel=1e-6)
     assert phi_mut.tolist() == pytest.approx(want_mut, rel=1e-6)
     assert phi_mut[0].item() == 1.0
@@ -73,13 +73,13 @@ def test_smc_alpha_is_product_with_nearest_resize():
 
 
 def test_smc_alpha_hand_example():
-    student = torch.tensor([[[1, 1, 0, 0]] * 4])  # cup in columns 0-1
-    teacher = torch.tensor([[[1, 0, 0, 0]] * 4])  # cup in column 0
-    sam = torch.tensor([[[1, 0], [1, 0]]])  # = nearest(teacher) -> Phi_mut = 1
-    # Phi_self, part (1,): |A| = 8, |B| = 4, inter 4 -> 9/13
-    assert smc.smc_alpha(student, teacher, sam, [(1,)]).tolist() == pytest.approx([9 / 13])
+    student = torch.tensor([[[1, 1, 1, 0]] * 4])  # cup in columns 0-2
+    teacher = torch.tensor([[[1, 1, 0, 0]] * 4])  # cup in columns 0-1
+    sam = torch.tensor([[[1, 0], [1, 0]]])  # = nearest(teacher) (columns 1, 3 sampled) -> Phi_mut = 1
+    # Phi_self, part (1,): |A| = 12, |B| = 8, inter 8 -> 17/21
+    assert smc.smc_alpha(student, teacher, sam, [(1,)]).tolist() == pytest.approx([17 / 21])
     sam_other = torch.tensor([[[0, 1], [0, 1]]])  # disjoint from nearest(teacher): 1/(2+2+1)
-    assert smc.smc_alpha(student, teacher, sam_other, [(1,)]).tolist() == pytest.approx([9 / 13 / 5])
+    assert smc.smc_alpha(student, teacher, sam_other, [(1,)]).tolist() == pytest.approx([17 / 21 / 5])
 
 
 # ---------- alpha strategies (Table 8) ----------
@@ -160,8 +160,9 @@ def test_consensus_masks_hand():
     p_unet = F.one_hot(q_unet, 2).permute(0, 3, 1, 2).float().requires_grad_(True)
     m_c, m_d, m_c_r, m_d_r = smc.consensus_masks(p_unet, p_sam)
     want = torch.tensor([[[[1.0, 1, 1, 1], [0, 1, 1, 0], [1, 0, 0, 1], [1, 1, 1, 1]]]])
-    # NEAREST down to R keeps pixels (0,0), (0,2), (2,0), (2,2) (block averages would all round to 1)
-    want_r = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
+    # NEAREST (pixel centres) down to R keeps pixels (1,1), (1,3), (3,1), (3,3) (block averages would all
+    # round to 1; torch's floor "nearest" would keep (0,0), (0,2), (2,0), (2,2) -> [[1, 1], [1, 0]])
+    want_r = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
     assert m_c.shape == (1, 1, 4, 4) and m_c_r.shape == (1, 1, 2, 2) and m_c.dtype == torch.float32
     assert torch.equal(m_c, want) and torch.equal(m_d, 1 - want)
     assert torch.equal(m_c_r, want_r) and torch.equal(m_d_r, 1 - want_r)

@@ -49,8 +49,8 @@ def np_agree(a, b, parts):
 
 
 def np_nearest(lab, size):
-    """torch 'nearest': source index floor(i * H / h)."""
-    idx = np.floor(np.arange(size) * lab.shape[-1] / size).astype(int)
+    """pixel-centre nearest: source index floor((i + 0.5) * H / h)."""
+    idx = np.floor((np.arange(size) + 0.5) * lab.shape[-1] / size).astype(int)
     return lab[..., idx[:, None], idx[None, :]]
 
 
