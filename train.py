@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> dict:
                                                           "steps pay the compilation)")
     p.add_argument("--fast-attn", action="store_true", help="MedSAM ViT attention through scaled_dot_product_attention "
                                                             "(sam_attention.py; same outputs, faster on GPUs)")
-    p.add_argument("--unet-norm", choices=["unit", "minmax"],
+    p.add_argument("--unet-norm", choices=["unit", "minmax", "zscore"],
                    help="U-Net input scaling: unit = pixel/255 as the official code, minmax = each image to [0,1] "
                         "by its own min/max (default: preset)")
     p.add_argument("--unet-layer", choices=["batch", "group"],

@@ -48,8 +48,8 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 64, input_norm: str = "unit",
                  norm: str = "batch"):
         super().__init__()
-        if input_norm not in ("unit", "minmax") or norm not in ("batch", "group"):
-            raise ValueError(f"input_norm {input_norm!r} / norm {norm!r}: expected unit|minmax, batch|group")
+        if input_norm not in ("unit", "minmax", "zscore") or norm not in ("batch", "group"):
+            raise ValueError(f"input_norm {input_norm!r} / norm {norm!r}: expected unit|minmax|zscore, batch|group")
         self.input_norm = input_norm  # "minmax": each image to [0,1] by its own min/max before the first conv
         w = [width * 2**i for i in range(5)]  # 64 -> [64, 128, 256, 512, 1024]
         self.inc = DoubleConv(in_channels, w[0], norm)
@@ -65,6 +65,9 @@ class UNet(nn.Module):
         if self.input_norm == "minmax":
             lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)  # [B,1,1,1]
             x = (x - lo) / (hi - lo).clamp_min(1e-8)
+        elif self.input_norm == "zscore":  # each image and channel to mean 0, std 1: removes colour casts
+            mu, sd = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True)  # [B,in,1,1]
+            x = (x - mu) / sd.clamp_min(1e-6)
         skips = [self.inc(x)]  # [B,w,H,W]
         for down in self.downs:
             skips.append(down(self.pool(skips[-1])))  # level i+1: [B,w*2^(i+1),H/2^(i+1),W/2^(i+1)]
