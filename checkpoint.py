@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 import data
-from medsam_lora import CheckpointError, build_sam
+from medsam_lora import build_sam
 from sam_attention import use_fast_attention
+from sam_checkpoint import CheckpointError
 from unet import UNet
 
 CKPT_FORMAT = "synfoc-ckpt-1"

@@ -5,8 +5,9 @@
 
 Images: PNG/JPG/BMP/TIFF, any size and mode. They are converted to the model's channels (grey -> RGB or
 RGB -> grey; 16-bit and float images min-max scaled to 0..255; alpha ignored), resized to the model input
-exactly as the dataset's test images are (data.to_input), and the label map is resized back to the image's
-own size by nearest neighbour (pixel-centre sampling). For each image `<name>.<ext>` it writes
+exactly as the dataset's test images are (transforms.to_input), and the label map is resized back to the
+image's own size by nearest neighbour (pixel-centre sampling, transforms.resize_label). For each image
+`<name>.<ext>` it writes
     <name>.png           the label map in the dataset's mask encoding (fundus: 255 background, 128 disc rim,
                          0 cup; prostate: 0 = prostate; M&Ms: red/green/blue = LV/MYO/RV; BUSI: white = lesion)
     <name>_overlay.png   the image with the prediction painted translucent
@@ -34,8 +35,9 @@ from tqdm import tqdm
 
 import data
 from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
-from medsam_lora import CheckpointError
 from metrics import part_mask, surface
+from sam_checkpoint import CheckpointError
+from transforms import resize_label, to_input
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -157,10 +159,10 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, 
             tqdm.write(f"skipped {p}: unreadable image ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})",
                        file=sys.stderr)
             continue
-        x_unet = data.to_input(img, S, cfg["in_channels"])[None].to(device)
-        x_sam = data.to_input(img, sam_size, 3)[None].to(device)
+        x_unet = to_input(img, S, cfg["in_channels"])[None].to(device)
+        x_sam = to_input(img, sam_size, 3)[None].to(device)
         label = next(iter(predict(models, x_unet, x_sam, S, amp).values()))[0].cpu().numpy()
-        label = data.resize_label(label, img.shape[0], img.shape[1])
+        label = resize_label(label, img.shape[0], img.shape[1])
         Image.fromarray(data.encode_mask(dataset, label)).save(out / f"{stem}.png")
         Image.fromarray(overlay(img, label)).save(out / f"{stem}_overlay.png")
     return failed

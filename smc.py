@@ -32,7 +32,7 @@ STRATEGIES = ("smc", "const", "linear", "self", "mutual", "cps", "own")  # Table
 
 def _resize_labels(labels: Tensor, size: int | tuple[int, int]) -> Tensor:
     """int [B,H,W] -> int64 [B,h,w] by nearest, pixel-centre sampling (torch "nearest-exact": source index
-    floor((i + 0.5) * H / h)), the project's one nearest rule (data.resize_label is its numpy twin)."""
+    floor((i + 0.5) * H / h)), the project's one nearest rule (transforms.resize_label is its numpy twin)."""
     out = F.interpolate(labels.unsqueeze(1).float(), size=size, mode="nearest-exact")
     return out.squeeze(1).long()
 

@@ -109,7 +109,7 @@ def lam(step: int, cfg: dict) -> float:
 
 def resize(x: Tensor, size: int, mode: str) -> Tensor:
     """[B, C, H, W] -> [B, C, size, size]; "nearest" for labels, masks and CDCR maps (pixel-centre sampling,
-    torch's "nearest-exact": the same rule as data.resize_label), "bilinear" for probs."""
+    torch's "nearest-exact": the same rule as transforms.resize_label), "bilinear" for probs."""
     if x.shape[-1] == size:
         return x
     if mode == "nearest":

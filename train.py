@@ -14,7 +14,8 @@ Commands
     torchrun --nproc_per_node 4 train.py --dataset fundus --domain 1   # 4 GPUs (distributed.py; --batch is per rank)
 
 One iteration is synfoc.train_step (stages 1-8 and their equations are listed in synfoc.py); this file
-holds the command line, the presets, the data plumbing, the loop, logging and checkpoints.
+holds the command line, the presets, the data plumbing, the loop and checkpoints; runlog.py the logs and
+the periodic evaluation.
 
 Run folder runs/<name>/: config.json, log.txt, metrics.csv (every --log-every steps), evals.csv (step,
 model, domain, dice of every periodic evaluation), last.pt (every --eval-every steps, after evaluating
@@ -29,7 +30,6 @@ seconds per step (evaluation excluded); a column a mode or a burn-in step does n
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -42,18 +42,16 @@ from tqdm import tqdm
 
 import data
 import distributed
-import evaluate
 import plots
 import smc
 import synthetic
 from checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, save_atomic
-from medsam_lora import CheckpointError
+from runlog import METRIC_NAMES, Log, dice_table, evaluate_students, reference_line
+from sam_checkpoint import CheckpointError
 from synfoc import Run, build_run, lam, train_step
+from transforms import random_box
 
-METRIC_NAMES = ["loss", "L_x", "L_u", "L_c", "L_d", "lambda", "alpha", "phi_self", "phi_mut", "mask_ratio",
-                "dice_sam_teacher", "dice_unet_teacher", "dice_ensemble"]
-SYNFOC_ONLY = ("alpha", "reg")
-REFERENCE = Path(__file__).resolve().parent / "bench" / "synthetic_reference.json"  # written by bench/table7.py  # flags that mean something only when both models train
+SYNFOC_ONLY = ("alpha", "reg")  # flags that mean something only when both models train
 
 
 class ConfigError(ValueError):
@@ -215,7 +213,7 @@ class StepSampler(torch.utils.data.Sampler):
 def boxes(step: int, batch: int, S: int, seed: int, rank: tuple[int, ...] = ()) -> torch.Tensor:
     """The Eq. 1 copy-paste masks M of one step, drawn at S: float[B, 1, S, S] (CPU)."""
     rng = np.random.default_rng([seed, 7, step, *rank])
-    return torch.from_numpy(np.stack([data.random_box(S, rng) for _ in range(batch)])).float()[:, None]
+    return torch.from_numpy(np.stack([random_box(S, rng) for _ in range(batch)])).float()[:, None]
 
 
 def dataset_root(cfg: dict) -> Path:
@@ -230,85 +228,6 @@ def dataset_root(cfg: dict) -> Path:
         synthetic.synthesize(root, seed=cfg.get("data_seed", 0), n_train=pre["n_train"], n_test=pre["n_test"])
     data.check_root(cfg["dataset"], root)
     return root
-
-
-# ----------------------------------------------------------------------------- evaluation and logs
-
-def evaluate_students(run: Run, cases: list, cfg: dict) -> dict[str, dict[int, float]]:
-    """Mean Dice (over slices, then parts) per domain of each student on `cases`, with evaluate.py's code
-    (the paper's metrics). Returns {model: {domain (1-based): Dice}}."""
-    models = {n: m for n, m in (("unet", run.unet), ("medsam", run.sam)) if m is not None}
-    for m in models.values():
-        m.eval()
-    _, summaries = evaluate.evaluate_cases(models, cfg["dataset"], cases, cfg, run.device,
-                                           batch_size=max(cfg["batch"]), workers=cfg["workers"], amp=run.amp_dtype)
-    for m in models.values():
-        m.train()
-    domains = data.PRESETS[cfg["dataset"]]["domains"]
-    return {n: {domains.index(d) + 1: e["dice"] for d, e in s["domains"].items()} for n, s in summaries.items()}
-
-
-class Log:
-    """log.txt (human), metrics.csv (one row per logging interval), evals.csv (one row per evaluation,
-    model and domain); all appended, so resume continues them."""
-
-    def __init__(self, out: Path, enabled: bool = True):
-        self.txt, self.csv, self.evals = out / "log.txt", out / "metrics.csv", out / "evals.csv"
-        self.enabled = enabled  # only rank 0 writes under torchrun
-
-    def line(self, msg: str, echo: bool = True) -> None:
-        if not self.enabled:
-            return
-        with open(self.txt, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-        if echo:
-            tqdm.write(msg)
-
-    def _append(self, path: Path, header: list[str], rows: list[list]) -> None:
-        if not self.enabled:
-            return
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(header)
-            w.writerows(rows)
-
-    def row(self, step: int, values: dict, sec: float) -> None:
-        self._append(self.csv, ["step", *METRIC_NAMES, "s_per_step"],
-                     [[step, *(f"{values[k]:.6g}" for k in METRIC_NAMES), f"{sec:.3g}"]])
-
-    def eval_rows(self, step: int, res: dict[str, dict[int, float]], domains: list[str]) -> None:
-        self._append(self.evals, ["step", "model", "domain", "dice"],
-                     [[step, n, domains[d - 1], f"{v:.6g}"] for n, r in res.items() for d, v in r.items()])
-
-
-def dice_table(res: dict[str, dict[int, float]], domains: list[str]) -> str:
-    """Per-domain mean Dice (%) of each student as a small text table."""
-    names = list(res)
-    rows = [f"{'domain':<14}" + "".join(f"{n:>10}" for n in names)]
-    for d, dname in enumerate(domains, 1):
-        rows.append(f"{dname:<14}" + "".join(f"{100 * res[n].get(d, float('nan')):>10.2f}" for n in names))
-    rows.append(f"{'mean':<14}" + "".join(f"{100 * np.mean(list(res[n].values())):>10.2f}" for n in names))
-    return "\n".join(rows)
-
-
-def reference_line(cfg: dict) -> str:
-    """The baselines of the same budget measured by bench/table7.py (bench/synthetic_reference.json), as a few
-    lines, when this run's budget is the one measured there; "" otherwise."""
-    if cfg["dataset"] != "synthetic" or cfg["mode"] != "synfoc" or not REFERENCE.is_file():
-        return ""
-    ref = json.loads(REFERENCE.read_text())
-    if any(cfg.get(k) != v for k, v in ref["budget"].items()):
-        return ""
-    doms = data.PRESETS["synthetic"]["domains"]
-    lines = [f"the same budget's baselines, measured by bench/table7.py on {ref['date']} ({ref['machine']}; "
-             f"data seed {ref['data_seed']}, training seed {ref['seed']}), mean Dice (%):"]
-    for row, models in ref["results"].items():
-        for model, r in models.items():
-            lines.append(f"  {row + ' (' + model + ')':<26}" + "".join(f"{d} {100 * r[d]:5.1f}  " for d in doms)
-                         + f"mean {100 * r['mean']:5.1f}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,5 +1,5 @@
-"""data.py: real fixtures (Fundus, ProstateSlice), M&Ms/BUSI files written to tmp_path, the synthetic
-generator, augmentations, random_box and every bad input. Expected numbers are computed here from the raw
+"""data.py and transforms.py: real fixtures (Fundus, ProstateSlice), M&Ms/BUSI files written to tmp_path, the
+synthetic generator, augmentations, random_box and every bad input. Expected numbers are computed here from the raw
 pixels (numpy on the PNGs), never through data.decode_mask."""
 import subprocess
 import sys
@@ -12,6 +12,7 @@ from PIL import Image
 
 import data
 import synthetic
+import transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,7 +290,7 @@ def test_rotation_fill_is_background_and_labels_stay_valid():
     lab = np.full((n, n), 2, np.int64)  # all rim
     filled = 0
     for s in rng_seeds:
-        out, olab = data.weak_augment(img, lab, np.random.default_rng(s))
+        out, olab = transforms.weak_augment(img, lab, np.random.default_rng(s))
         assert set(np.unique(olab).tolist()) <= {0, 2} and olab.dtype == np.int64
         assert ((out[..., 0] > 0.5) == (olab == 2)).mean() > 0.97
         filled += (olab == 0).any()
@@ -327,7 +328,7 @@ def test_strong_augment_photometric_only():
     img = np.zeros((40, 40, 1), np.float32)
     img[15:25, 10:20] = 0.6
     for s in range(10):
-        out = data.strong_augment(img, np.random.default_rng(s), (0.1, 2.0))
+        out = transforms.strong_augment(img, np.random.default_rng(s), (0.1, 2.0))
         assert out.shape == img.shape and out.dtype == np.float32
         ys, xs = np.nonzero(out[..., 0] > out.max() / 2)  # blob stays where it was
         assert abs(ys.mean() - 19.5) < 0.6 and abs(xs.mean() - 14.5) < 0.6
@@ -348,7 +349,7 @@ def test_random_box():
     rng = np.random.default_rng(0)
     size, areas, ratios = 64, [], []
     for _ in range(500):
-        m = data.random_box(size, rng)
+        m = transforms.random_box(size, rng)
         assert m.shape == (size, size) and m.dtype == bool
         ys, xs = np.nonzero(m)
         h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
@@ -358,7 +359,7 @@ def test_random_box():
     # rounding of h and w to whole pixels widens the ranges slightly
     assert 0.015 < min(areas) and max(areas) < 0.42 and min(areas) < 0.05 and max(areas) > 0.35
     assert 0.27 < min(ratios) and max(ratios) < 1 / 0.27 and min(ratios) < 0.4 and max(ratios) > 2.5
-    touching = [data.random_box(size, rng) for _ in range(200)]
+    touching = [transforms.random_box(size, rng) for _ in range(200)]
     assert any(m[0].any() for m in touching) and any(m[-1].any() for m in touching)  # reaches the borders
 
 

@@ -16,6 +16,7 @@ import evaluate
 import metrics
 import predict
 import synfoc
+import transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNDUS_PARTS = [(1,), (1, 2)]
@@ -111,25 +112,25 @@ def test_new_image_input_matches_testset(shared_data):
     path, masks, dom = data.test_cases("fundus", shared_data / "Fundus")[0]
     item = data.TestSet("fundus", [(path, masks, dom)], 64)[0]
     img = predict.read_image(Path(path), 3)
-    assert torch.allclose(data.to_input(img, 256, 3), item["img_unet"], atol=1e-6)
-    assert torch.allclose(data.to_input(img, 64, 3), item["img_sam"], atol=1e-6)
+    assert torch.allclose(transforms.to_input(img, 256, 3), item["img_unet"], atol=1e-6)
+    assert torch.allclose(transforms.to_input(img, 64, 3), item["img_sam"], atol=1e-6)
 
 
 def test_resize_label_nearest():
     lab = np.arange(16).reshape(4, 4)
-    assert data.resize_label(lab, 8, 8)[::2, ::2].tolist() == lab.tolist()
-    assert data.resize_label(lab, 2, 6).shape == (2, 6)
+    assert transforms.resize_label(lab, 8, 8)[::2, ::2].tolist() == lab.tolist()
+    assert transforms.resize_label(lab, 2, 6).shape == (2, 6)
 
 
 @pytest.mark.parametrize("hw", [(4, 4), (2, 6), (7, 3), (13, 9), (384, 256), (100, 512)])
 def test_one_nearest_rule_numpy_and_torch(hw):
-    """data.resize_label (numpy) and the torch side (synfoc.resize / smc, "nearest-exact") sample the same pixels."""
+    """transforms.resize_label (numpy) and the torch side (synfoc.resize / smc, "nearest-exact") sample the same pixels."""
     lab = np.random.default_rng(0).integers(0, 3, (37, 53))
     want = torch.nn.functional.interpolate(torch.from_numpy(lab)[None, None].float(), size=hw, mode="nearest-exact")
-    assert data.resize_label(lab, *hw).tolist() == want[0, 0].long().tolist()
+    assert transforms.resize_label(lab, *hw).tolist() == want[0, 0].long().tolist()
     sq = np.random.default_rng(1).integers(0, 3, (1, 1, 48, 48))
     assert synfoc.resize(torch.from_numpy(sq).float(), hw[0], "nearest")[0, 0].long().tolist() == \
-        data.resize_label(sq[0, 0], hw[0], hw[0]).tolist()
+        transforms.resize_label(sq[0, 0], hw[0], hw[0]).tolist()
 
 
 def test_overlay_draws_gt_contour_and_prediction():

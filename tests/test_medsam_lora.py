@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import medsam_lora as M
-from medsam_lora import CheckpointError, LoRAQKV, build_sam, make_teacher
+from medsam_lora import LoRAQKV, build_sam, make_teacher
+from sam_checkpoint import DROPPED_PREFIXES, CheckpointError
 from synfoc import ema_update
 
 TINY = dict(image_size=256, embed_dim=48, depth=4, num_heads=3, window_size=8, global_attn_indexes=(1, 3))
@@ -198,7 +198,7 @@ def test_checkpoint_adaptation(sam1024):
             torch.testing.assert_close(ours[k], ref_resize_rows(sd[k], 63), rtol=0, atol=2e-5)  # fp32 coords
             resized.add(k)
     assert ours["image_encoder.blocks.0.attn.rel_pos_h"].shape == (15, 16)  # windowed: unchanged
-    dropped = [k for k in sd if k.startswith(M.DROPPED_PREFIXES)]
+    dropped = [k for k in sd if k.startswith(DROPPED_PREFIXES)]
     assert len(dropped) == 1 + 4 * 6 + 6  # mask_tokens, 4 hypernetwork MLPs, iou head
     for k in dropped:  # not loaded: still the random init
         assert ours[k].shape == sd[k].shape and not torch.equal(ours[k], sd[k]), k
@@ -257,7 +257,7 @@ def test_litemedsam_structure(lite):
     assert len(state) == 435
     ours = {k.replace(".qkv.base.", ".qkv."): v for k, v in lite.state_dict().items()}
     for k, v in state.items():
-        if not k.startswith(M.DROPPED_PREFIXES):
+        if not k.startswith(DROPPED_PREFIXES):
             assert torch.equal(ours[k], v), k
     lite.train()
     assert lite.mask_decoder.training and not lite.image_encoder.training

@@ -11,6 +11,7 @@ import torch
 
 import checkpoint
 import losses
+import runlog
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_run_folder_contents(shared_data, tmp_path):
     assert "test Dice per domain" in log and "Domain4" in log
     assert (run / "curves.png").stat().st_size > 1000
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header == ["step", *train.METRIC_NAMES, "s_per_step"]
+    assert header == ["step", *runlog.METRIC_NAMES, "s_per_step"]
     with open(run / "evals.csv") as f:
         evals = list(csv.DictReader(f))
     assert {(r["step"], r["model"]) for r in evals} == {("2", "unet"), ("2", "medsam")}
@@ -186,11 +187,11 @@ def test_reference_line_only_for_the_measured_budget(tmp_path, monkeypatch):
     ref = dict(date="2026-11-26", machine="m", data_seed=0, seed=0, budget={"steps": 200, "batch": [2, 2]},
                results={"SupOnly": {"unet": {"Domain1": 0.9, "Domain2": 0.1, "Domain3": 0.2, "Domain4": 0.3, "mean": 0.375}}})
     (tmp_path / "ref.json").write_text(json.dumps(ref))
-    monkeypatch.setattr(train, "REFERENCE", tmp_path / "ref.json")
+    monkeypatch.setattr(runlog, "REFERENCE", tmp_path / "ref.json")
     cfg = train.resolve_config(train.parse_args(["--steps", "200", "--batch", "2", "2"]))
-    line = train.reference_line(cfg)
+    line = runlog.reference_line(cfg)
     assert "SupOnly (unet)" in line and "Domain2  10.0" in line and "mean  37.5" in line and "2026-11-26" in line
-    assert train.reference_line(dict(cfg, steps=201)) == ""          # another budget: no claim
-    assert train.reference_line(dict(cfg, mode="unet")) == ""
-    monkeypatch.setattr(train, "REFERENCE", tmp_path / "none.json")
-    assert train.reference_line(cfg) == ""
+    assert runlog.reference_line(dict(cfg, steps=201)) == ""          # another budget: no claim
+    assert runlog.reference_line(dict(cfg, mode="unet")) == ""
+    monkeypatch.setattr(runlog, "REFERENCE", tmp_path / "none.json")
+    assert runlog.reference_line(cfg) == ""
