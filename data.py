@@ -55,8 +55,8 @@ PRESETS: dict[str, dict] = {
     # 1e-4, EMA 0.99, random class heads); departures: batch 2 + 2, 200 steps of which the first 30 % (60)
     # are a supervised burn-in, LiteMedSAM at 128 (4x fewer tokens), MedSAM's per-image min-max input scaling, a width-16 U-Net.
     # n_train/n_test are what synthetic.py generates per domain.
-    "synthetic": {**_REAL, **_FUNDUS, "folder": "synthetic", "steps": 200, "burn_in_frac": 0.3, "labeled": 10,
-                  "batch": (2, 2), "unet_width": 16, "sam": "litemedsam", "lite_size": 128, "sam_norm": "minmax",
+    "synthetic": {**_REAL, **_FUNDUS, "folder": "synthetic", "steps": 500, "burn_in_frac": 0.3, "labeled": 10,
+                  "batch": (2, 2), "unet_width": 16, "unet_layer": "group", "sam": "litemedsam", "lite_size": 128, "sam_norm": "minmax",
                   "head_init": "random", "amp": "bf16", "eval_every": 100, "lr_sam": 1e-4, "ema": 0.99,
                   "n_train": 40, "n_test": 16},
 }

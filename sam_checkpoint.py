@@ -46,7 +46,8 @@ MEDSAM_HELP = ("expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by 
 
 
 class CheckpointError(ValueError):
-    """A SAM checkpoint is missing, unreadable or not a SAM/MedSAM ViT-B/L/H state dict (one-line message)."""
+    """A checkpoint is missing, unreadable or not what was expected: a SAM/MedSAM ViT-B/L/H state dict here, a
+    SynFoC run checkpoint in checkpoint.py (one-line message)."""
 
 
 def _resize_grid(pe: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -57,7 +57,7 @@ def _chw(img: np.ndarray, channels: int) -> torch.Tensor:
 
 def to_input(img: np.ndarray, size: int, channels: int) -> torch.Tensor:
     """An image (uint8 [H,W(,3)] or float32 [H,W,c]) as a model input: float32 [channels,size,size] in [0,1].
-    The one preprocessing of every model input, also for new images in evaluate.py."""
+    The one preprocessing of every model input, also for new images in predict.py."""
     return _chw(resize_image(img, size), channels)
 
 

@@ -39,16 +39,17 @@ import evaluate  # noqa: E402
 import plots  # noqa: E402
 import train  # noqa: E402
 from checkpoint import build_students, load_checkpoint  # noqa: E402
+from runlog import REFERENCE  # noqa: E402  (the reference file train.py prints from)
 
 MAIN_ROWS = [("SupOnly", ["--mode", "suponly"]), ("Base U-Net", ["--mode", "unet"]),
              ("Base MedSAM", ["--mode", "medsam"]), ("SynFoC", [])]
 ALL_ROWS = [("SynFoC w/ CR", ["--reg", "cr"]), ("Base+SMC (no CDCR)", ["--reg", "none"]),
             ("CDCR w/o SMC", ["--alpha", "own"])] + \
            [(f"Table 8: {a}", ["--reg", "none", "--alpha", a]) for a in ("const", "linear", "self", "mutual", "cps")]
-REFERENCE = ROOT / "bench" / "synthetic_reference.json"
 # the settings that define "the same budget" for the reference train.py prints
 BUDGET_KEYS = ("steps", "burn_in", "batch", "lr_sam", "lr_unet", "ema", "tau", "rank", "sam", "lite_size",
-               "head_init", "sam_norm", "unet_width", "amp", "labeled", "domain", "seed", "data_seed")
+               "head_init", "sam_norm", "unet_norm", "unet_layer", "unet_width", "amp", "labeled", "domain",
+               "seed", "data_seed")
 
 
 def run_row(name: str, flags: list[str], args: argparse.Namespace, out: Path) -> tuple[Path, float]:
