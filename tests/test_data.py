@@ -57,7 +57,7 @@ def test_presets_contract():
     assert data.PRESETS["mnms"]["batch"] == (2, 2) and data.PRESETS["busi"]["labeled_ratio"] == 0.125
     assert [data.PRESETS[k]["unet_size"] for k in ("fundus", "prostate", "mnms", "busi")] == [256, 384, 288, 256]
     syn = data.PRESETS["synthetic"]
-    # the CPU preset: BatchNorm needs batches of >= 2, and the burn-in leaves steps for the semi-supervised part
+    # the CPU preset: batches of >= 2, and the burn-in leaves steps for the semi-supervised part
     assert syn["layout"] == "fundus" and min(syn["batch"]) >= 2 and 0 <= syn["burn_in_frac"] < 1
 
 

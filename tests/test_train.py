@@ -195,3 +195,18 @@ def test_reference_line_only_for_the_measured_budget(tmp_path, monkeypatch):
     assert runlog.reference_line(dict(cfg, mode="unet")) == ""
     monkeypatch.setattr(runlog, "REFERENCE", tmp_path / "none.json")
     assert runlog.reference_line(cfg) == ""
+
+
+def test_unet_layer_flag_reaches_the_model_and_the_checkpoint(shared_data, tmp_path):
+    """--unet-layer group: the trained U-Net has GroupNorm (no running statistics in last.pt), and the
+    checkpoint's students are rebuilt with it (strict load); the synthetic preset uses it, the paper's not."""
+    assert train.resolve_config(train.parse_args([]))["unet_layer"] == "group"
+    assert train.resolve_config(train.parse_args(["--dataset", "fundus"]))["unet_layer"] == "batch"
+    run = train.train(args(shared_data, tmp_path / "g", "--steps", "1", "--unet-layer", "group"))
+    ck = load(run / "last.pt")
+    assert ck["config"]["unet_layer"] == "group" and not any("running_mean" in k for k in ck["unet"])
+    unet = checkpoint.build_students(ck, torch.device("cpu"), ["unet"], None)["unet"]
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in unet.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in unet.modules())
+    bn = load(train.train(args(shared_data, tmp_path / "b", "--steps", "1")) / "last.pt")
+    assert any("running_mean" in k for k in bn["unet"])
