@@ -52,11 +52,13 @@ PRESETS: dict[str, dict] = {
              "strong_range": (0.1, 2.0)},
     # CPU-sized defaults (train.py reads them) so the embedded default runs in minutes on 2 cores; the choices
     # and the runs behind them are in README "The embedded default". Paper values where they worked (SAM lr
-    # 1e-4, EMA 0.99, random class heads); departures: batch 2 + 2, 200 steps of which the first 30 % (60)
-    # are a supervised burn-in, LiteMedSAM at 128 (4x fewer tokens), MedSAM's per-image min-max input scaling, a width-16 U-Net.
+    # 1e-4, EMA 0.99, random class heads); departures: batch 2 + 2, 500 steps of which the first 30 % (150)
+    # are a supervised burn-in, LiteMedSAM at 128 (4x fewer tokens), MedSAM's per-image min-max input scaling,
+    # a width-16 U-Net with GroupNorm (batch statistics of 2 images fit no domain at evaluation).
     # n_train/n_test are what synthetic.py generates per domain.
     "synthetic": {**_REAL, **_FUNDUS, "folder": "synthetic", "steps": 500, "burn_in_frac": 0.3, "labeled": 10,
-                  "batch": (2, 2), "unet_width": 16, "unet_layer": "group", "sam": "litemedsam", "lite_size": 128, "sam_norm": "minmax",
+                  "batch": (2, 2), "unet_width": 16, "unet_layer": "group", "sam": "litemedsam", "lite_size": 128,
+                  "sam_norm": "minmax",
                   "head_init": "random", "amp": "bf16", "eval_every": 100, "lr_sam": 1e-4, "ema": 0.99,
                   "n_train": 40, "n_test": 16},
 }
