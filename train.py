@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> dict:
                                                             "(sam_attention.py; same outputs, faster on GPUs)")
     p.add_argument("--unet-norm", choices=["unit", "minmax", "zscore"],
                    help="U-Net input scaling: unit = pixel/255 as the official code, minmax = each image to [0,1] "
-                        "by its own min/max (default: preset)")
+                        "by its own min/max, zscore = each image and channel to mean 0, std 1 (default: preset)")
     p.add_argument("--unet-layer", choices=["batch", "group"],
                    help="U-Net feature normalisation: batch = BatchNorm as the paper, group = GroupNorm (no batch "
                         "statistics; eval mode computes what training did) (default: preset)")

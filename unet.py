@@ -1,6 +1,7 @@
 """The conventional model of SynFoC: a plain 2D U-Net trained from scratch (METHOD.md §2).
 
     UNet(in_channels, num_classes, width=64)   forward(x[B,in,H,W]) -> logits[B,C,H,W]
+    UNet(3, 3, 16, input_norm="unit", norm="group")   # the synthetic CPU preset (--unet-norm, --unet-layer)
 
 Architecture (the paper's / official one): 4 down and 4 up levels with widths w, 2w, 4w, 8w, 16w;
 every stage is [3x3 conv (no bias) -> BatchNorm -> ReLU] x 2; going down is a 2x2 max-pool, going up
@@ -8,6 +9,9 @@ is a ConvTranspose(kernel 2, stride 2) that halves the channels, followed by con
 skip connection of the same level; a 1x1 conv head gives C class logits (softmax over channels is the
 caller's business). No dropout. width 64 = the paper (31,037,763 parameters for 3 -> 3 classes);
 width 16 is the CPU preset. H and W must be divisible by 16 (four 2x poolings), e.g. 256, 288, 384.
+norm="group" swaps every BatchNorm for GroupNorm(8) (same parameter count): batch statistics of 2 images fit
+no domain at evaluation (README "The embedded default"). input_norm: "unit" (x as given, /255 by the loader),
+"minmax" (each image to [0,1] by its own range), "zscore" (each image and channel to mean 0, std 1).
 """
 import torch
 import torch.nn as nn
