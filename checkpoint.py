@@ -37,12 +37,17 @@ def uses(cfg: dict) -> tuple[bool, bool]:
     return cfg["mode"] in ("synfoc", "unet", "suponly"), cfg["mode"] in ("synfoc", "medsam")
 
 
+def unet_from_config(cfg: dict) -> UNet:
+    """The U-Net of a (saved) config, freshly initialised; configs saved before a key existed get its old
+    behaviour (/255 input, BatchNorm). One place, so student and teacher always match."""
+    return UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
+                cfg.get("unet_layer", "batch"))
+
+
 def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
     """The two students of a (saved) config; a model the mode does not train is None."""
     use_unet, use_sam = uses(cfg)
-    unet = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
-                cfg.get("unet_layer", "batch")).to(device) \
-        if use_unet else None
+    unet = unet_from_config(cfg).to(device) if use_unet else None
     sam = None
     if use_sam:  # configs saved before a key existed get its old behaviour
         kw = dict(seed=cfg.get("seed", 0) if "head_init" in cfg else 0, head_init=cfg.get("head_init", "random"),

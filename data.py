@@ -58,8 +58,7 @@ PRESETS: dict[str, dict] = {
     # n_train/n_test are what synthetic.py generates per domain.
     "synthetic": {**_REAL, **_FUNDUS, "folder": "synthetic", "steps": 500, "burn_in_frac": 0.3, "labeled": 10,
                   "batch": (2, 2), "unet_width": 16, "unet_layer": "group", "sam": "litemedsam", "lite_size": 128,
-                  "sam_norm": "minmax",
-                  "head_init": "random", "amp": "bf16", "eval_every": 100, "lr_sam": 1e-4, "ema": 0.99,
+                  "sam_norm": "minmax", "head_init": "random", "amp": "bf16", "eval_every": 100, "lr_sam": 1e-4, "ema": 0.99,
                   "n_train": 40, "n_test": 16},
 }
 _LAYOUT_HELP = {

@@ -39,7 +39,7 @@ from torch import Tensor
 
 import losses
 import smc
-from checkpoint import build_models
+from checkpoint import build_models, unet_from_config
 from medsam_lora import make_teacher
 from unet import UNet
 
@@ -79,8 +79,7 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
     semi = cfg["mode"] != "suponly"
     unet_t = None
     if unet is not None and semi:  # the U-Net teacher is a full copy
-        unet_t = UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
-                cfg.get("unet_layer", "batch")).to(device)
+        unet_t = unet_from_config(cfg).to(device)
         unet_t.load_state_dict(unet.state_dict())
         unet_t.requires_grad_(False)
     sam_t = make_teacher(sam) if sam is not None else None  # shares the frozen encoder with its student

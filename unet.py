@@ -54,7 +54,7 @@ class UNet(nn.Module):
         super().__init__()
         if input_norm not in ("unit", "minmax", "zscore") or norm not in ("batch", "group"):
             raise ValueError(f"input_norm {input_norm!r} / norm {norm!r}: expected unit|minmax|zscore, batch|group")
-        self.input_norm = input_norm  # "minmax": each image to [0,1] by its own min/max before the first conv
+        self.input_norm = input_norm  # per-image scaling before the first conv (module docstring)
         w = [width * 2**i for i in range(5)]  # 64 -> [64, 128, 256, 512, 1024]
         self.inc = DoubleConv(in_channels, w[0], norm)
         self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1], norm) for i in range(4))

@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import plots  # noqa: E402
+import predict  # noqa: E402
 import train  # noqa: E402
 from checkpoint import build_students, load_checkpoint  # noqa: E402
 from runlog import REFERENCE  # noqa: E402  (the reference file train.py prints from)
@@ -83,9 +84,9 @@ def evaluate_run(folder: Path) -> dict[str, dict[str, float]]:
     want = [n for n, k in (("medsam", "sam"), ("unet", "unet")) if ck.get(k) is not None]
     models = build_students(ck, device, want, None)
     root = train.dataset_root(cfg)
-    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg["amp"])
+    amp = predict.amp_dtype(cfg["amp"], cfg, device)  # the training setting, as train.py evaluates
     _, summaries = evaluate.evaluate_cases(models, cfg["dataset"], data.test_cases(cfg["dataset"], root), cfg, device,
-                                           batch_size=max(cfg["batch"]), amp=amp)  # as train.py evaluates
+                                           batch_size=max(cfg["batch"]), amp=amp)
     return {n: {**{d: e["dice"] for d, e in s["domains"].items()}, "mean": s["mean"]["dice"]}
             for n, s in summaries.items()}
 
