@@ -372,8 +372,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             if headline > best:
                 best = headline
                 save_atomic(checkpoint(run, done, best), out / "best_test_selected.pt")
-                log.line(f"step {done} best_test_selected.pt: mean test Dice {best:.4f} "
-                         "(selected ON THE TEST SETS, the paper's optimistic protocol)")
+                log.line(f"step {done} best_test_selected.pt: mean test Dice of the "
+                         f"{'medsam' if 'medsam' in mean else 'unet'} student {best:.4f} "
+                         "(selected by it, ON THE TEST SETS, the paper's optimistic protocol)")
             save_atomic(checkpoint(run, done, best), out / "last.pt")
         if n_acc == 0:
             t_log = time.time()

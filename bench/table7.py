@@ -4,19 +4,28 @@
     python bench/table7.py --data-seed 2 --out runs/table7_s2
     python bench/table7.py --all                            # + Table 7's ablation rows and Table 8 (alpha, with --reg none)
     python bench/table7.py --data-seed 0 --write-reference  # the labeled-only reference train.py prints
+    python bench/table7.py --seed 0 1 2                     # every row with three training seeds: mean ± sd
 
 Each row trains `train.py --dataset synthetic --data-seed N [--steps T] <row flags>` (the synthetic preset
 otherwise), then evaluates the run's last.pt on every domain's FULL test split with evaluate.py's code
 (evaluate.evaluate_cases: per-slice Dice, mean over parts, then per domain). Written to --out
 (default runs/table7_s<N>):
-    table7.md    mean Dice (%) per domain and the mean, per row and student, with each row's wall time
-    table7.json  {row: {model: {domain: Dice, ..., "mean": Dice}}} (fractions) + "_meta" (flags, times, machine)
+    table7.md    mean Dice (%) per domain and the mean, per row and student, with each row's training wall time
+                 (per run: the mean over the training seeds)
+    table7.json  {row: {model: {domain: Dice, ..., "mean": Dice}}} (fractions) + "_per_seed" (the same per
+                 training seed: {row: {model: {seed: {...}}}}) + "_meta" (flags, seeds, times, machine)
     table7.png   per-domain bars per row, and the pseudo-label Dice of the SAM teacher, the U-Net teacher and
                  the ensemble vs step from each run's metrics.csv (the paper's Fig. 6)
 Rows: SupOnly (--mode suponly), Base U-Net (--mode unet), Base MedSAM (--mode medsam), SynFoC. With --all:
 SynFoC with CR (--reg cr), Base+SMC (--reg none), CDCR without SMC (--alpha own), and Table 8's alpha
 strategies const / linear / self / mutual / cps with --reg none (Table 8's SMC row is the Base+SMC row).
 Runs that already finished (a last.pt at their final step) are reused, so an interrupted table resumes.
+
+Several training seeds (`--seed 0 1 2`): every row is trained once per seed (folder <Row> for seed 0,
+<Row>_seed<S> for the others, so a one-seed table is reused); table7.md then gives the mean over the seeds
+per domain and the mean Dice as "mean ± sd" (sample standard deviation over the seeds), table7.json keeps the
+means in the same layout and each seed's numbers under "_per_seed". At this budget one run per row moves by
+several points with the training seed alone, so a difference of a few points needs several seeds.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,10 +63,16 @@ BUDGET_KEYS = ("steps", "burn_in", "batch", "lr_sam", "lr_unet", "ema", "tau", "
                "seed", "data_seed")
 
 
-def run_row(name: str, flags: list[str], args: argparse.Namespace, out: Path) -> tuple[Path, float]:
-    """Train one row (or reuse a finished run); returns (run folder, wall seconds of the training)."""
-    folder = out / re.sub(r"[^\w-]+", "_", name).strip("_")  # "Base U-Net" -> Base_U-Net
-    argv = ["--dataset", "synthetic", "--data-seed", str(args.data_seed), "--seed", str(args.seed),
+def row_folder(out: Path, name: str, seed: int) -> Path:
+    """The run folder of one row and training seed: "Base U-Net" -> Base_U-Net (seed 0), Base_U-Net_seed2."""
+    base = re.sub(r"[^\w-]+", "_", name).strip("_")
+    return out / (base if seed == 0 else f"{base}_seed{seed}")
+
+
+def run_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, float]:
+    """Train one row with one training seed (or reuse a finished run); returns (run folder, wall seconds)."""
+    folder = row_folder(out, name, seed)
+    argv = ["--dataset", "synthetic", "--data-seed", str(args.data_seed), "--seed", str(seed),
             "--data-root", args.data_root, "--out", str(folder), *flags, *args.train_args]
     if args.steps:
         argv += ["--steps", str(args.steps)]
@@ -91,13 +107,22 @@ def evaluate_run(folder: Path) -> dict[str, dict[str, float]]:
             for n, s in summaries.items()}
 
 
-def markdown(results: dict, walls: dict, domains: list[str], title: str) -> str:
-    lines = [f"## {title}", "", "| row | student | " + " | ".join(domains) + " | mean | train time |",
+def over_seeds(per_seed: dict[int, dict[str, float]]) -> tuple[dict[str, float], float]:
+    """{seed: {domain: Dice, "mean": Dice}} -> (the mean over seeds of each entry, sample sd of "mean"; 0 for one seed)."""
+    runs = list(per_seed.values())
+    mean = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+    return mean, statistics.stdev([r["mean"] for r in runs]) if len(runs) > 1 else 0.0
+
+
+def markdown(results: dict, sds: dict, walls: dict, domains: list[str], title: str, several: bool) -> str:
+    mean_head = "mean ± sd" if several else "mean"
+    lines = [f"## {title}", "", "| row | student | " + " | ".join(domains) + f" | {mean_head} | train time |",
              "|---|---|" + "---|" * (len(domains) + 2)]
     for row, models in results.items():
         for model, r in models.items():
+            sd = f" ± {100 * sds[row][model]:.1f}" if several else ""
             lines.append(f"| {row} | {model} | " + " | ".join(f"{100 * r[d]:.1f}" for d in domains)
-                         + f" | **{100 * r['mean']:.1f}** | {walls[row] / 60:.1f} min |")
+                         + f" | **{100 * r['mean']:.1f}**{sd} | {walls[row] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Synthetic Table 7 (see the module docstring).")
     p.add_argument("--data-seed", type=int, default=1, help="generator seed of the synthetic set (default 1; "
                                                              "0 is the embedded default's data)")
-    p.add_argument("--seed", type=int, default=0, help="training seed of every row (default 0)")
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="training seed(s) of every row (default 0); several: each row once per seed, mean ± sd")
     p.add_argument("--steps", type=int, help="training steps of every row (default: the synthetic preset)")
     p.add_argument("--out", help="output folder (default runs/table7_s<data-seed>)")
     p.add_argument("--data-root", default="data", help="folder of the generated sets (default data)")
@@ -116,27 +142,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="everything after this flag goes to every train.py call (e.g. --sam tiny for tests)")
     args = p.parse_args(argv)
+    seeds = list(dict.fromkeys(args.seed))  # in the given order, each once
+    if args.write_reference and len(seeds) > 1:
+        print("error: --write-reference takes one --seed (the reference is one run per row, like train.py's run)",
+              file=sys.stderr)
+        return 2
     out = Path(args.out or f"runs/table7_s{args.data_seed}")
     out.mkdir(parents=True, exist_ok=True)
     rows = MAIN_ROWS + (ALL_ROWS if args.all else [])
-    results, walls, folders = {}, {}, {}
+    results, sds, walls, folders, per_seed = {}, {}, {}, {}, {}
     try:
         for name, flags in rows:
-            folders[name], walls[name] = run_row(name, flags, args, out)
-            results[name] = evaluate_run(folders[name])
+            runs = {s: run_row(name, flags, args, out, s) for s in seeds}     # seed -> (folder, seconds)
+            folders[name] = runs[seeds[0]][0]
+            walls[name] = sum(sec for _, sec in runs.values()) / len(runs)   # per run
+            evals = {s: evaluate_run(f) for s, (f, _) in runs.items()}      # seed -> model -> domain -> Dice
+            per_seed[name] = {m: {s: evals[s][m] for s in seeds} for m in evals[seeds[0]]}
+            stats = {m: over_seeds(v) for m, v in per_seed[name].items()}
+            results[name] = {m: mean for m, (mean, _) in stats.items()}
+            sds[name] = {m: sd for m, (_, sd) in stats.items()}
             print(f"[table7] {name}: " + ", ".join(f"{m} mean {100 * r['mean']:.1f}" for m, r in results[name].items()))
     except (train.ConfigError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     domains = data.PRESETS["synthetic"]["domains"]
     cfg = load_checkpoint(folders["SynFoC"])["config"]
-    meta = dict(data_seed=args.data_seed, seed=args.seed, steps=cfg["steps"], rows={n: f for n, f in rows},
+    meta = dict(data_seed=args.data_seed, seed=seeds[0], seeds=seeds, steps=cfg["steps"], rows={n: f for n, f in rows},
                 train_seconds=walls, machine=f"{platform.machine()}, {os.cpu_count()} CPUs, "
                 + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
                 date=time.strftime("%Y-%m-%d"), budget={k: cfg.get(k) for k in BUDGET_KEYS})
-    title = f"Synthetic Table 7 — data seed {args.data_seed}, {cfg['steps']} steps, mean Dice (%) on the full test split"
-    (out / "table7.md").write_text(markdown(results, walls, domains, title))
-    (out / "table7.json").write_text(json.dumps(dict(results, _meta=meta), indent=2))
+    several = len(seeds) > 1
+    title = f"Synthetic Table 7 — data seed {args.data_seed}, {cfg['steps']} steps, " + \
+        (f"training seeds {', '.join(map(str, seeds))}, mean Dice (%) over the seeds" if several
+         else "mean Dice (%)") + " on the full test split"
+    (out / "table7.md").write_text(markdown(results, sds, walls, domains, title, several))
+    (out / "table7.json").write_text(json.dumps(dict(results, _per_seed=per_seed, _meta=meta), indent=2))
     plots.plot_table7(results, {n: folders[n] for n in results}, out / "table7.png")
     print((out / "table7.md").read_text())
     if args.write_reference:

@@ -14,7 +14,7 @@ def test_table7_end_to_end(tmp_path):
                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "table7.json").read_text())
-    assert list(res) == ["SupOnly", "Base U-Net", "Base MedSAM", "SynFoC", "_meta"]
+    assert list(res) == ["SupOnly", "Base U-Net", "Base MedSAM", "SynFoC", "_per_seed", "_meta"]
     assert set(res["SupOnly"]) == {"unet"} and set(res["Base MedSAM"]) == {"medsam"}
     assert set(res["SynFoC"]) == {"unet", "medsam"}
     for row in ("SupOnly", "Base U-Net", "Base MedSAM", "SynFoC"):
@@ -37,3 +37,29 @@ def test_table7_end_to_end(tmp_path):
                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0 and r2.stdout.count("reusing") == 4
     assert json.loads((out / "table7.json").read_text())["SynFoC"] == res["SynFoC"]
+    # a second training seed: seed 0's runs are reused, seed 1's trained into <Row>_seed1, the table gives the
+    # mean over seeds (checked here against each run's own evals.csv) and the sample sd of the mean Dice
+    r3 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
+                         "--data-root", str(tmp_path / "data"), "--seed", "0", "1", "--train-args", "--sam", "tiny",
+                         "--unet-width", "4", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    assert r3.stdout.count("reusing") == 4 and (out / "SynFoC_seed1" / "last.pt").is_file()
+    res2 = json.loads((out / "table7.json").read_text())
+    assert res2["_meta"]["seeds"] == [0, 1]
+    md2 = (out / "table7.md").read_text()
+    assert "training seeds 0, 1" in md2 and "mean ± sd" in md2
+    for row in ("SupOnly", "Base U-Net", "Base MedSAM", "SynFoC"):
+        for model in res2[row]:
+            own = []
+            for folder in (out / row.replace(" ", "_"), out / (row.replace(" ", "_") + "_seed1")):
+                evals = [line.split(",") for line in (folder / "evals.csv").read_text().splitlines()[1:]]
+                own.append(sum(float(v) for s, m, d, v in evals if m == model and s == "2") / 4)
+            assert abs(res2[row][model]["mean"] - sum(own) / 2) < 1e-5, (row, model)
+            assert res2["_per_seed"][row][model]["0"]["mean"] == res[row][model]["mean"]
+            a, b = (res2["_per_seed"][row][model][k]["mean"] for k in ("0", "1"))
+            sd = abs(a - b) / 2 ** 0.5  # the sample sd of two values
+            assert f"**{100 * res2[row][model]['mean']:.1f}** ± {100 * sd:.1f}" in md2, (row, model)
+    # the reference file is one run per row
+    r4 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--out", str(out), "--seed", "0", "1",
+                         "--write-reference"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r4.returncode == 2 and r4.stderr.startswith("error: --write-reference takes one --seed")
