@@ -19,7 +19,8 @@ otherwise), then evaluates the run's last.pt on every domain's FULL test split w
 Rows: SupOnly (--mode suponly), Base U-Net (--mode unet), Base MedSAM (--mode medsam), SynFoC. With --all:
 SynFoC with CR (--reg cr), Base+SMC (--reg none), CDCR without SMC (--alpha own), and Table 8's alpha
 strategies const / linear / self / mutual / cps with --reg none (Table 8's SMC row is the Base+SMC row).
-Runs that already finished (a last.pt at their final step) are reused, so an interrupted table resumes.
+Runs that already finished (a last.pt at their final step) are reused, so an interrupted table resumes; a run
+of another data or training seed in a row's folder is a one-line error, never mixed into the table.
 
 Several training seeds (`--seed 0 1 2`): every row is trained once per seed (folder <Row> for seed 0,
 <Row>_seed<S> for the others, so a one-seed table is reused); table7.md then gives the mean over the seeds
@@ -78,6 +79,10 @@ def run_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, se
         argv += ["--steps", str(args.steps)]
     if (folder / "last.pt").is_file():
         ck = load_checkpoint(folder)
+        ran = {k: ck["config"].get(k) for k in ("data_seed", "seed")}
+        if ran != {"data_seed": args.data_seed, "seed": seed}:  # never mix another table's run into this one
+            raise ValueError(f"{folder} holds a run with {ran}, this table asks for data_seed {args.data_seed}, "
+                             f"seed {seed}: give another --out")
         if ck["step"] == ck["config"]["steps"]:
             print(f"[table7] {name}: reusing {folder} (finished)")
             return folder, json.loads((folder / "wall.json").read_text())["seconds"] if (folder / "wall.json").exists() else float("nan")

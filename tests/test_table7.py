@@ -59,6 +59,11 @@ def test_table7_end_to_end(tmp_path):
             a, b = (res2["_per_seed"][row][model][k]["mean"] for k in ("0", "1"))
             sd = abs(a - b) / 2 ** 0.5  # the sample sd of two values
             assert f"**{100 * res2[row][model]['mean']:.1f}** ± {100 * sd:.1f}" in md2, (row, model)
+    # a finished run of another data seed in the folder is an error, not a silent reuse
+    r5 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "6", "--steps", "2", "--out", str(out),
+                         "--data-root", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r5.returncode == 2 and "holds a run with {'data_seed': 5, 'seed': 0}" in r5.stderr, r5.stderr[-500:]
+    assert len(r5.stderr.strip().splitlines()) == 1
     # the reference file is one run per row
     r4 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--out", str(out), "--seed", "0", "1",
                          "--write-reference"], cwd=ROOT, capture_output=True, text=True, timeout=60)
