@@ -363,7 +363,8 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         if (done % cfg["eval_every"] == 0 or done == T) and is_main:
             res = evaluate_students(run, test_cases, cfg)
             mean = {n: float(np.mean(list(r.values()))) for n, r in res.items()}
-            last_dice = headline = mean.get("medsam", mean.get("unet"))
+            judge = "medsam" if "medsam" in mean else "unet"  # the student best_test_selected.pt is chosen by
+            last_dice = headline = mean[judge]
             log.eval_rows(done, res, domains)
             plots.plot_curves(out)  # curves.png: losses, λ, α, Φ, pseudo-label Dice (Fig. 6), test Dice
             log.line(f"step {done} test Dice per domain " + json.dumps(
@@ -373,7 +374,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
                 best = headline
                 save_atomic(checkpoint(run, done, best), out / "best_test_selected.pt")
                 log.line(f"step {done} best_test_selected.pt: mean test Dice of the "
-                         f"{'medsam' if 'medsam' in mean else 'unet'} student {best:.4f} "
+                         f"{judge} student {best:.4f} "
                          "(selected by it, ON THE TEST SETS, the paper's optimistic protocol)")
             save_atomic(checkpoint(run, done, best), out / "last.pt")
         if n_acc == 0:
