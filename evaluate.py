@@ -193,6 +193,13 @@ def summarize(rows: list[dict], model: str, dataset: str, part_names: Sequence[s
     return aggregate(mine, data.PRESETS[dataset]["domains"], part_names)
 
 
+def mean_dice(summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The Dice of evaluate_cases' summaries: {model: {domain name: Dice, ..., "mean": Dice}} (fractions; "mean"
+    is the headline number: over domains, then parts)."""
+    return {n: {**{d: e["dice"] for d, e in s["domains"].items()}, "mean": s["mean"]["dice"]}
+            for n, s in summaries.items()}
+
+
 def split_cases(dataset: str, root: Path, split: str) -> list[tuple[str, list[str], int]]:
     """(image_path, mask_paths, domain) of every domain's `split`."""
     if split == "test":

@@ -43,7 +43,8 @@ def evaluate_students(run: Run, cases: list, cfg: dict) -> dict[str, dict[int, f
     for m in models.values():
         m.train()
     domains = data.PRESETS[cfg["dataset"]]["domains"]
-    return {n: {domains.index(d) + 1: e["dice"] for d, e in s["domains"].items()} for n, s in summaries.items()}
+    return {n: {domains.index(d) + 1: v for d, v in r.items() if d != "mean"}
+            for n, r in evaluate.mean_dice(summaries).items()}
 
 
 class Log:

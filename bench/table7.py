@@ -108,8 +108,7 @@ def evaluate_run(folder: Path) -> dict[str, dict[str, float]]:
     amp = predict.amp_dtype(cfg["amp"], cfg, device)  # the training setting, as train.py evaluates
     _, summaries = evaluate.evaluate_cases(models, cfg["dataset"], data.test_cases(cfg["dataset"], root), cfg, device,
                                            batch_size=max(cfg["batch"]), amp=amp)
-    return {n: {**{d: e["dice"] for d, e in s["domains"].items()}, "mean": s["mean"]["dice"]}
-            for n, s in summaries.items()}
+    return evaluate.mean_dice(summaries)
 
 
 def over_seeds(per_seed: dict[int, dict[str, float]]) -> tuple[dict[str, float], float]:
