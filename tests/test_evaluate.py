@@ -106,6 +106,16 @@ def test_evaluate_cases_rows_match_direct_computation(shared_data, tmp_path):
     assert set(summaries) == {"unet", "medsam"}
     assert list(summaries["unet"]["domains"]) == [f"Domain{k}" for k in range(1, 5)]
     assert len(list(tmp_path.glob("*.png"))) == 2 * 4  # one overlay per domain and model
+    # mean_dice (what train.py logs and bench/table7.py tabulates), from the rows by hand: per domain the mean
+    # over its slices and parts, and the headline mean over the domains
+    dice = evaluate.mean_dice(summaries)
+    for name in models:
+        per_domain = {f"Domain{k}": np.mean([r["dice"] for r in rows if r["model"] == name and r["domain_id"] == k])
+                      for k in range(1, 5)}
+        assert dice[name].keys() == {*per_domain, "mean"}
+        for d, v in per_domain.items():
+            assert dice[name][d] == pytest.approx(v)
+        assert dice[name]["mean"] == pytest.approx(np.mean(list(per_domain.values())))
 
 
 def test_new_image_input_matches_testset(shared_data):
