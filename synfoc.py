@@ -3,7 +3,7 @@
     run = build_run(cfg, device)                      # students, EMA teachers, optimisers, GradScaler
     out = train_step(run, lb, ub, M_S, step)          # losses -> backward -> both optimisers -> EMA
         = synfoc_losses(...) (or baseline_losses / supervised_losses) then update(run, out["loss"], step)
-    synfoc_losses = teach (stages 2-5, no grad) + student_losses (stages 6-7)
+    synfoc_losses = teach (stages 2-5, no grad; teachers() = stages 2-3) + student_losses (stages 6-7)
 
 Stages of one SynFoC step (equation numbers of the paper):
   1 views (the loader): labeled weak (x_l, y_l); unlabeled weak x_w and strong x_s, each at the U-Net
@@ -140,17 +140,28 @@ def seg_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Te
 # ----------------------------------------------------------------------------- SynFoC (both models)
 
 @torch.no_grad()
-def teach(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dict[str, Tensor]:
-    """Stages 2-5: teachers, SMC alpha, ensemble pseudo-labels and the intermediate samples (no grad)."""
-    cfg, parts, S = run.cfg, run.cfg["parts"], run.cfg["unet_size"]
-    I, R = run.sam.image_size, run.sam.logit_size
+def teachers(run: Run, ub: dict, step: int) -> dict[str, Tensor]:
+    """Stages 2-3 on the weak views: both teachers' probabilities, the SMC factors and alpha (no grad).
+    -> p_ut [B, C, S, S], p_ms [B, C, R, R], y_ut [B, S, S], phi_self / phi_mut / a_sam / a_unet [B]."""
+    cfg = run.cfg
     with run.amp():
         p_ut = run.unet_t(ub["weak_unet"]).float().softmax(1)                # [B, C, S, S]   stage 2
         p_ms = run.sam_t(ub["weak_sam"]).float().softmax(1)                  # [B, C, R, R]
         g_w = run.unet(ub["weak_unet"]).argmax(1)                            # [B, S, S]      stage 3
     y_ut = p_ut.argmax(1)                                                    # [B, S, S]
-    phi_self, phi_mut = smc.smc_factors(g_w, y_ut, p_ms.argmax(1), parts)   # Eq. 4, 5: [B] each
+    phi_self, phi_mut = smc.smc_factors(g_w, y_ut, p_ms.argmax(1), cfg["parts"])  # Eq. 4, 5: [B] each
     a_sam, a_unet = smc.strategy_alpha(cfg["alpha"], phi_self, phi_mut, step, cfg["steps"])  # Eq. 6
+    return dict(p_ut=p_ut, p_ms=p_ms, y_ut=y_ut, phi_self=phi_self, phi_mut=phi_mut, a_sam=a_sam, a_unet=a_unet)
+
+
+@torch.no_grad()
+def teach(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dict[str, Tensor]:
+    """Stages 2-5: teachers, SMC alpha, ensemble pseudo-labels and the intermediate samples (no grad)."""
+    cfg, parts, S = run.cfg, run.cfg["parts"], run.cfg["unet_size"]
+    I, R = run.sam.image_size, run.sam.logit_size
+    t = teachers(run, ub, step)                                              # stages 2-3
+    p_ut, p_ms, y_ut, a_sam, a_unet = t["p_ut"], t["p_ms"], t["y_ut"], t["a_sam"], t["a_unet"]
+    phi_self, phi_mut = t["phi_self"], t["phi_mut"]
     q_S, w_S = smc.pseudo_label(smc.ensemble(p_ut, p_ms, a_unet), cfg["tau"])          # Eq. 3, 7 at S
     q_R, w_R = smc.pseudo_label(resize(smc.ensemble(p_ut, p_ms, a_sam), R, "bilinear"), cfg["tau"])  # at R
     M_I, M_R = resize(M_S, I, "nearest"), resize(M_S, R, "nearest")       # [B, 1, I, I], [B, 1, R, R]
@@ -276,5 +287,5 @@ def train_step(run: Run, lb: dict, ub: dict | None, M_S: Tensor | None, step: in
     return out
 
 
-__all__ = ["Run", "build_run", "lam", "teach", "student_losses", "synfoc_losses", "supervised_losses",
+__all__ = ["Run", "build_run", "lam", "teachers", "teach", "student_losses", "synfoc_losses", "supervised_losses",
            "baseline_losses", "losses_fn", "update", "train_step", "ema_update", "LOSS_NAMES"]

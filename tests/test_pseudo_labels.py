@@ -1,0 +1,59 @@
+"""bench/pseudo_labels.py on tiny runs of the real Fundus sample files (seconds): per-domain pseudo-label quality."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import pseudo_labels  # noqa: E402
+
+
+def tiny_run(shared_data, out, *extra):
+    # 1 labeled image (Domain1), 3 unlabeled (one per Domain2-4), a tiny random SAM: seconds.
+    return train.train(["--dataset", "fundus", "--data-root", str(shared_data), "--domain", "1", "--labeled", "1",
+                        "--sam", "tiny", "--unet-width", "4", "--batch", "1", "1", "--steps", "3", "--burn-in", "1",
+                        "--eval-every", "3", "--device", "cpu", "--amp", "off", "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("alpha,same_as", [("own", "unet"), ("cps", "sam")])
+def test_ensemble_follows_the_strategy(shared_data, tmp_path, alpha, same_as):
+    # own: the U-Net's target is its own teacher (alpha 1); cps: the SAM teacher's map (alpha 0). The ensemble's
+    # Dice must then equal that teacher's, image by image averaged per domain.
+    run = tiny_run(shared_data, tmp_path / alpha, "--alpha", alpha)
+    res = pseudo_labels.pseudo_label_quality(run, taus=[0.0, 0.5, 1.01], batch=2)
+    assert list(res) == ["Domain2", "Domain3", "Domain4"] and all(r["n"] == 1 for r in res.values())
+    for d, r in res.items():
+        assert r["ens"] == pytest.approx(r[same_as], abs=1e-6), d
+        assert r["alpha"] == (1.0 if alpha == "own" else 0.0)
+        assert r["kept@0"] == 1.0 and r["fg@0"] == 1.0          # every pixel passes tau 0
+        assert r["kept@1.01"] == 0.0 and r["fg@1.01"] == 0.0    # none passes a tau above 1
+        assert r["kept@0.5"] <= 1.0 and r["fg@0.5"] <= 1.0
+        for k in ("sam", "unet", "ens"):
+            assert 0.0 < r[k] <= 1.0
+
+
+def test_cli_table_json_and_errors(shared_data, tmp_path, capsys):
+    run = tiny_run(shared_data, tmp_path / "smc")
+    out = tmp_path / "q.json"
+    r = subprocess.run([sys.executable, "bench/pseudo_labels.py", str(run), "--tau", "0.95", "0.7", "--json", str(out),
+                        "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split() == ["domain", "n", "sam", "unet", "ens", "alpha", "kept@0.95", "fg@0.95", "kept@0.7", "fg@0.7"]
+    res = json.loads(out.read_text())
+    assert [ln.split()[0] for ln in lines[1:]] == list(res) == ["Domain2", "Domain3", "Domain4"]
+    for r_ in res.values():
+        assert r_["kept@0.7"] >= r_["kept@0.95"] and r_["fg@0.7"] >= r_["fg@0.95"]  # a lower tau keeps more
+        assert 0.0 < r_["alpha"] <= 1.0  # smc: Phi_self * Phi_mut
+    # a baseline run has no ensemble, a missing folder no checkpoint: one line each, exit 2, no traceback
+    base = tiny_run(shared_data, tmp_path / "unet", "--mode", "unet")
+    capsys.readouterr()  # drop the training's progress output
+    assert pseudo_labels.main([str(base), "--device", "cpu"]) == 2
+    assert pseudo_labels.main([str(tmp_path / "none"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--mode unet" in err[0] and "not found" in err[1]
