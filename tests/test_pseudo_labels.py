@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 
@@ -51,7 +52,10 @@ def test_cli_table_json_and_errors(shared_data, tmp_path, capsys):
         assert r_["kept@0.7"] >= r_["kept@0.95"] and r_["fg@0.7"] >= r_["fg@0.95"]  # a lower tau keeps more
         assert 0.0 < r_["alpha"] <= 1.0  # smc: Phi_self * Phi_mut
     # a baseline run has no ensemble, a missing folder no checkpoint: one line each, exit 2, no traceback
-    base = tiny_run(shared_data, tmp_path / "unet", "--mode", "unet")
+    ck = torch.load(run / "last.pt", weights_only=True)
+    ck["config"]["mode"] = "unet"  # what a --mode unet run's checkpoint says (its SAM entries unused)
+    base = tmp_path / "unet.pt"
+    torch.save(ck, base)
     capsys.readouterr()  # drop the training's progress output
     assert pseudo_labels.main([str(base), "--device", "cpu"]) == 2
     assert pseudo_labels.main([str(tmp_path / "none"), "--device", "cpu"]) == 2
