@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--json", help="also write the table as JSON to this file")
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error(f"--batch {args.batch}: expected at least 1 image per forward")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -61,3 +61,6 @@ def test_cli_table_json_and_errors(shared_data, tmp_path, capsys):
     assert pseudo_labels.main([str(tmp_path / "none"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--mode unet" in err[0] and "not found" in err[1]
+    with pytest.raises(SystemExit) as e:  # argparse's one-line usage error
+        pseudo_labels.main([str(run), "--batch", "0"])
+    assert e.value.code == 2 and "--batch 0" in capsys.readouterr().err
