@@ -53,23 +53,23 @@ def pseudo_label_quality(folder: str | Path, taus: list[float] | None = None, ba
     parts, S = cfg["parts"], cfg["unet_size"]
     names = data.PRESETS[cfg["dataset"]]["domains"]
     sums: dict[str, dict[str, float]] = {}
-    for i in range(0, len(ds), batch):
-        idx = list(range(i, min(i + batch, len(ds))))
-        items = [ds[j] for j in idx]
-        ub = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch)  # in order: batch i holds images i*batch, ...
+    for i, ub in enumerate(loader):
+        ub = {k: v.to(device) for k, v in ub.items()}
         t = teachers(run, ub, ck["step"])
         p_ens = smc.ensemble(t["p_ut"], t["p_ms"], t["a_unet"])                 # [B, C, S, S]   Eq. 3
-        conf, q = p_ens.max(1)                                                   # [B, S, S]
         gt = ub["label_unet"]                                                    # [B, S, S]
         y_ms = resize(t["p_ms"], S, "bilinear").argmax(1)                        # [B, S, S]
+        fg = (gt > 0).flatten(1).float()                                         # [B, S*S]
+        q, _ = smc.pseudo_label(p_ens, taus[0])                                  # Q [B, S, S]: the same for any tau
         cols = dict(sam=smc.agreement(y_ms, gt, parts), unet=smc.agreement(t["y_ut"], gt, parts),
                     ens=smc.agreement(q, gt, parts), alpha=t["a_unet"])
-        fg = (gt > 0).flatten(1).float()                                         # [B, S*S]
         for tau in taus:
-            w = (conf >= tau).flatten(1).float()                                 # [B, S*S]  W of Eq. 7
+            w = smc.pseudo_label(p_ens, tau)[1].flatten(1)                       # [B, S*S]  W of Eq. 7
             cols[f"kept@{tau:g}"] = w.mean(1)
             cols[f"fg@{tau:g}"] = (w * fg).sum(1) / fg.sum(1).clamp_min(1)       # images without foreground: 0
-        for b, j in enumerate(idx):
+        for b in range(gt.shape[0]):
+            j = i * batch + b
             row = sums.setdefault(names[unl[j][2] - 1], {"n": 0.0})
             row["n"] += 1
             for k, v in cols.items():
