@@ -1,10 +1,15 @@
 """Losses of SynFoC (CVPR 2025): supervised/pseudo-label CE + Dice and the CDCR terms.
 
     ce_loss(logits, target, weight)        Eq. 11  cross-entropy, mean over ALL pixels of the batch
-    dice_loss(logits, target, weight)      Eq. 12  soft Dice, per class over the batch, all C classes
+    dice_loss(logits, target, weight, mask) Eq. 12  soft Dice, per class over the batch, all C classes
     entropy_loss(prob, mask)               Eq. 9   one model's masked Shannon-entropy term (L_c)
     divergence_loss(prob_a, prob_b, mask)  Eq. 10  masked squared error (L_d, positive sign)
     mse_loss(prob_a, prob_b)               plain MSE consistency (the "cr" ablation)
+
+DICE_MASKS = ("fg", "all"): which Dice channels the pixel weight W applies to. "fg" (default) is the authors'
+code: their one-hot mask encoder builds class i's mask as `W * i == i`, which is true everywhere for i = 0, so
+the background channel is computed over every pixel and W weights the foreground channels only. "all" weights
+every channel (this project's earlier reading; a flag, `train.py --dice-mask all`, METHOD.md §3.7).
 
 Conventions: logits/probabilities are [B,C,H,W] (channel 0 = background), targets int64 [B,H,W] class
 ids, weights float [B,H,W] (a pixel with weight 0 adds zero to the sum but still counts in the mean:
@@ -20,6 +25,7 @@ from torch import Tensor
 
 EPS_DICE = 1e-10  # smoothing of Eq. 12, in numerator and denominator (keeps empty classes finite)
 EPS_PROB = 1e-10  # probabilities are clamped to >= this before log (Eq. 9)
+DICE_MASKS = ("fg", "all")  # dice_loss(mask=...): the weight on the foreground channels only (authors), or on all
 
 
 def _pixel_weight(weight: Tensor | None, like: Tensor) -> Tensor | float:
@@ -52,16 +58,22 @@ def ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Ten
     return (nll * _pixel_weight(weight, logits)).mean()
 
 
-def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Eq. 12: mean over the C classes of 1 - (2 sum w p y + eps) / (sum w (p^2 + y^2) + eps).
+def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, mask: str = "fg") -> Tensor:
+    """Eq. 12: mean over the C classes of 1 - (2 sum w_c p y + eps) / (sum w_c (p^2 + y^2) + eps).
 
     p = softmax(logits) [B,C,H,W], y = one-hot(target), sums over the whole batch (B,H,W) per class.
-    Background (class 0) is included and the weight [B,H,W] applies to every class (METHOD.md §3.7 decision).
-    An all-zero weight gives 0 (eps/eps), an absent class gives ~1. Returns a float32 scalar.
+    Background (class 0) is included. w_c = weight [B,H,W] for the foreground classes; for the background
+    w_0 = 1 with mask="fg" (the authors' code) or weight with mask="all". An all-zero weight gives 0 on the
+    weighted channels (eps/eps), an absent class gives ~1. Returns a float32 scalar.
     """
+    if mask not in DICE_MASKS:
+        raise ValueError(f"dice_loss: mask must be one of {DICE_MASKS}, got {mask!r}")
     p = torch.softmax(logits.float(), dim=1)
     y = one_hot(target, p.shape[1])
-    w = _pixel_weight(weight, logits)
+    w = _pixel_weight(weight, logits)                                 # [B,1,H,W] or 1.0
+    if mask == "fg" and weight is not None:
+        first = torch.ones_like(w)                                    # background: every pixel counts
+        w = torch.cat([first, w.expand(-1, p.shape[1] - 1, -1, -1)], dim=1)  # [B,C,H,W]
     inter = (w * p * y).sum(dim=(0, 2, 3))  # [C]
     denom = (w * (p * p + y)).sum(dim=(0, 2, 3))  # y is 0/1, so y^2 == y
     return (1.0 - (2.0 * inter + EPS_DICE) / (denom + EPS_DICE)).mean()

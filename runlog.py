@@ -29,6 +29,10 @@ from synfoc import Run
 
 METRIC_NAMES = ["loss", "L_x", "L_u", "L_c", "L_d", "lambda", "alpha", "phi_self", "phi_mut", "mask_ratio",
                 "dice_sam_teacher", "dice_unet_teacher", "dice_ensemble"]
+# the settings that define "the same budget" for the reference train.py prints (every one must match)
+BUDGET_KEYS = ("steps", "burn_in", "batch", "lr_sam", "lr_unet", "ema", "tau", "rank", "sam", "lite_size",
+               "head_init", "sam_norm", "unet_norm", "unet_layer", "unet_width", "amp", "labeled", "domain",
+               "seed", "data_seed", "dice_mask")
 REFERENCE = Path(__file__).resolve().parent / "bench" / "synthetic_reference.json"  # written by bench/table7.py
 
 
@@ -98,7 +102,7 @@ def reference_line(cfg: dict) -> str:
     if cfg["dataset"] != "synthetic" or cfg["mode"] != "synfoc" or not REFERENCE.is_file():
         return ""
     ref = json.loads(REFERENCE.read_text())
-    if any(cfg.get(k) != v for k, v in ref["budget"].items()):
+    if any(cfg.get(k) != ref["budget"].get(k) for k in BUDGET_KEYS):
         return ""
     doms = data.PRESETS["synthetic"]["domains"]
     lines = [f"the same budget's baselines, measured by bench/table7.py on {ref['date']} ({ref['machine']}; "

@@ -27,6 +27,8 @@ from torch import Tensor
 
 from metrics import part_mask  # the project's one "pixels in part" rule (works on tensors)
 
+# Eq. 4/5 smoothing as the authors' code: (2|A&B| + 1) / (|A| + |B| + 1.001), so two empty maps agree 1/1.001
+AGREE_NUM, AGREE_DEN = 1.0, 1.001
 STRATEGIES = ("smc", "const", "linear", "self", "mutual", "cps", "own")  # Table 8 (+ own: Table 7); smc is SynFoC
 
 
@@ -49,10 +51,11 @@ def _progress(step: float | Tensor, total: float | Tensor) -> float | Tensor:
 
 @torch.no_grad()
 def agreement(a: Tensor, b: Tensor, parts: Sequence[Sequence[int]]) -> Tensor:
-    """Eq. 4/5: mean over parts k of (2|A_k & B_k| + 1) / (|A_k| + |B_k| + 1), per sample.
+    """Eq. 4/5: mean over parts k of (2|A_k & B_k| + 1) / (|A_k| + |B_k| + 1.001), per sample.
 
     a, b int64 [B,H,W] label maps of the same size; part k = the pixels whose class is in parts[k].
-    Both empty -> 1, disjoint non-empty -> 1/(|A|+|B|+1). Returns float32 [B].
+    The 1.001 is the authors' code (the paper prints +1). Both empty -> 1/1.001, disjoint non-empty ->
+    1/(|A|+|B|+1.001). Returns float32 [B].
     """
     if len(parts) == 0:
         raise ValueError("agreement: parts is empty (expected e.g. [(1,), (1, 2)])")
@@ -60,7 +63,7 @@ def agreement(a: Tensor, b: Tensor, parts: Sequence[Sequence[int]]) -> Tensor:
     for part in parts:  # a handful of parts: the loop is over parts, not pixels
         in_a, in_b = part_mask(a, part).flatten(1), part_mask(b, part).flatten(1)  # bool [B, H*W]
         inter = (in_a & in_b).sum(1).float()
-        total += (2.0 * inter + 1.0) / (in_a.sum(1).float() + in_b.sum(1).float() + 1.0)
+        total += (2.0 * inter + AGREE_NUM) / (in_a.sum(1).float() + in_b.sum(1).float() + AGREE_DEN)
     return total / len(parts)
 
 
@@ -96,7 +99,8 @@ def strategy_alpha(
 
     phi_self, phi_mut float [B] (smc_factors). Returns (alpha_for_sam_target, alpha_for_unet_target),
     float32 [B] each; the same tensor twice except for "cps". Strategies:
-      smc: Phi_self * Phi_mut | const: 0.5 | linear: t/T | self: Phi_self | mutual: Phi_mut
+      smc: Phi_self * Phi_mut | const: 0.5 | linear: t/T (the caller passes lambda's clock: steps since the
+      burn-in over T - K) | self: Phi_self | mutual: Phi_mut
       cps: cross pseudo supervision, the SAM student learns from the U-Net teacher only (alpha = 1)
            and the U-Net student from the SAM teacher only (alpha = 0).
       own: each student from its own teacher (SAM target alpha = 0, U-Net target alpha = 1): Table 7's

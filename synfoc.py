@@ -16,7 +16,8 @@ Stages of one SynFoC step (equation numbers of the paper):
   5 intermediate samples (Eq. 1): x_c = x_l M + x_s (1 - M), Q_c = y_l M + Q (1 - M), W_c = 1 in M, W outside
   6 student forwards: U-Net on x_l and on x_c (two forwards, as the official code: BatchNorm statistics
     of each batch on its own), SAM on [x_l; x_c] in one batch (no batch-dependent layer there)
-  7 L_x = CE + Dice on x_l (Eq. 11, 12) of both students; L_u = CE + Dice on x_c vs (Q_c, W_c) (Eq. 7);
+  7 L_x = CE + Dice on x_l (Eq. 11, 12) of both students; L_u = CE + Dice on x_c vs (Q_c, W_c) (Eq. 7; W_c
+    weights CE and the foreground Dice channels, the background Dice channel counts every pixel: --dice-mask);
     CDCR (Eq. 8-10): L_c = entropy on the consensus pixels of each student, L_d = squared difference on
     the divergence pixels; loss = L_x + lambda(t) (L_u + L_c + L_d) (Eq. 2)
   8 one backward, both optimisers (one GradScaler), EMA of both teachers
@@ -132,9 +133,9 @@ def mix_targets(y_l: Tensor, q: Tensor, w: Tensor, M: Tensor) -> tuple[Tensor, T
     return torch.where(inside, _pair(y_l, q.shape[0]), q), torch.where(inside, torch.ones_like(w), w)
 
 
-def seg_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """CE (Eq. 11) + Dice (Eq. 12), fp32."""
-    return losses.ce_loss(logits, target, weight) + losses.dice_loss(logits, target, weight)
+def seg_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, dice_mask: str = "fg") -> Tensor:
+    """CE (Eq. 11) + Dice (Eq. 12), fp32; dice_mask: which Dice channels the weight applies to (losses.DICE_MASKS)."""
+    return losses.ce_loss(logits, target, weight) + losses.dice_loss(logits, target, weight, dice_mask)
 
 
 # ----------------------------------------------------------------------------- SynFoC (both models)
@@ -150,7 +151,8 @@ def teachers(run: Run, ub: dict, step: int) -> dict[str, Tensor]:
         g_w = run.unet(ub["weak_unet"]).argmax(1)                            # [B, S, S]      stage 3
     y_ut = p_ut.argmax(1)                                                    # [B, S, S]
     phi_self, phi_mut = smc.smc_factors(g_w, y_ut, p_ms.argmax(1), cfg["parts"])  # Eq. 4, 5: [B] each
-    a_sam, a_unet = smc.strategy_alpha(cfg["alpha"], phi_self, phi_mut, step, cfg["steps"])  # Eq. 6
+    k = cfg.get("burn_in", 0)  # "linear" runs on lambda's clock: t - K of T - K (Eq. 2 after the burn-in)
+    a_sam, a_unet = smc.strategy_alpha(cfg["alpha"], phi_self, phi_mut, step - k, cfg["steps"] - k)  # Eq. 6
     return dict(p_ut=p_ut, p_ms=p_ms, y_ut=y_ut, phi_self=phi_self, phi_mut=phi_mut, a_sam=a_sam, a_unet=a_unet)
 
 
@@ -185,7 +187,8 @@ def student_losses(run: Run, lb: dict, tg: dict[str, Tensor], step: int) -> dict
         f = run.sam(torch.cat([lb["img_sam"], tg["xc_I"]])).float()         # [L+B, C, R, R]
     f_l, f_c = f[:L], f[L:]
     L_x = seg_loss(g_l, lb["label_unet"]) + seg_loss(f_l, lb["label_sam"])
-    L_u = seg_loss(g_c, tg["qc_S"], tg["wc_S"]) + seg_loss(f_c, tg["qc_R"], tg["wc_R"])
+    dm = run.cfg.get("dice_mask", "fg")
+    L_u = seg_loss(g_c, tg["qc_S"], tg["wc_S"], dm) + seg_loss(f_c, tg["qc_R"], tg["wc_R"], dm)
     L_c = L_d = L_x.new_zeros(())
     if run.cfg["reg"] != "none":
         pc_ut, pc_ms = g_c.softmax(1), f_c.softmax(1)                       # [B, C, S, S], [B, C, R, R]
@@ -239,7 +242,7 @@ def baseline_losses(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dic
         dice_t = smc.agreement(resize(p_t, S, "bilinear").argmax(1), gt, run.cfg["parts"]).mean()
     with run.amp():
         f_l, f_c = student(lb[x]).float(), student(x_c).float()
-    L_x, L_u = seg_loss(f_l, lb[y]), seg_loss(f_c, q_c, w_c)
+    L_x, L_u = seg_loss(f_l, lb[y]), seg_loss(f_c, q_c, w_c, run.cfg.get("dice_mask", "fg"))
     zero = L_x.new_zeros(())
     one = torch.ones_like(zero)
     return dict(loss=L_x + lam(step, run.cfg) * L_u, L_x=L_x, L_u=L_u, L_c=zero, L_d=zero,

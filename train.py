@@ -10,6 +10,7 @@ Commands
     python train.py --dataset fundus --domain 1 --mode suponly    # "SupOnly": labeled images only, U-Net
     python train.py --dataset fundus --domain 1 --alpha cps       # Table 8: const, linear, self, mutual, cps (own: Table 7)
     python train.py --dataset fundus --domain 1 --reg cr          # Table 7: cdcr (default), cr, none
+    python train.py --dataset fundus --domain 1 --dice-mask all   # W on every Dice channel (default fg: the authors')
     python train.py --resume runs/fundus_d1_synfoc                # continue a killed run exactly
     torchrun --nproc_per_node 4 train.py --dataset fundus --domain 1   # 4 GPUs (distributed.py; --batch is per rank)
 
@@ -42,6 +43,7 @@ from tqdm import tqdm
 
 import data
 import distributed
+import losses
 import plots
 import smc
 import synthetic
@@ -102,6 +104,10 @@ def parse_args(argv: list[str] | None) -> dict:
                         "(Table 7 'CDCR without SMC') (default: smc; --mode synfoc only)")
     p.add_argument("--reg", choices=["cdcr", "cr", "none"], help="consistency regulariser, Table 7 (default: cdcr; "
                                                                  "--mode synfoc only)")
+    p.add_argument("--dice-mask", choices=list(losses.DICE_MASKS),
+                   help="which Dice channels the pseudo-label weight W applies to: fg = the foreground channels, the "
+                        "background channel over every pixel (the authors' code; default), all = every channel "
+                        "(this project's earlier reading, METHOD.md §3.7)")
     p.add_argument("--steps", type=int, help="total training steps T (default: preset)")
     p.add_argument("--burn-in", type=int, help="supervised-only steps K before λ(t) starts; the Eq. 2 ramp then "
                                                "runs over the remaining T-K steps (default: preset; 0 = paper; "
@@ -141,7 +147,7 @@ def resolve_config(given: dict) -> dict:
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
         sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"),
         unet_layer=pre.get("unet_layer", "batch"), fast_attn=False, compile=False, mode="synfoc", alpha="smc",
-        reg="cdcr", steps=pre["steps"],
+        reg="cdcr", dice_mask="fg", steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
@@ -267,6 +273,7 @@ def setup(given: dict) -> tuple[dict, dict | None]:
     path = checkpoint_path(resume or resolve_config(given)["out"])
     ck = load_checkpoint(path)
     saved, fresh = ck["config"], resolve_config(given)
+    saved.setdefault("dice_mask", "all")  # checkpoints from before the flag trained with W on every Dice channel
     for k in sorted(set(given) - {"device", "workers", "threads"}):
         if fresh.get(k) != saved.get(k):
             raise ConfigError(f"--resume continues the saved configuration, but --{k.replace('_', '-')} {fresh.get(k)} "

@@ -5,6 +5,7 @@
     python bench/table7.py --all                            # + Table 7's ablation rows and Table 8 (alpha, with --reg none)
     python bench/table7.py --data-seed 0 --write-reference  # the labeled-only reference train.py prints
     python bench/table7.py --seed 0 1 2                     # every row with three training seeds: mean ± sd
+    python bench/table7.py --data-seed 3 --seed 0 1 2 --jobs 2   # two runs at once, one thread each
 
 Each row trains `train.py --dataset synthetic --data-seed N [--steps T] <row flags>` (the synthetic preset
 otherwise), then evaluates the run's last.pt on every domain's FULL test split with evaluate.py's code
@@ -20,7 +21,12 @@ Rows: SupOnly (--mode suponly), Base U-Net (--mode unet), Base MedSAM (--mode me
 SynFoC with CR (--reg cr), Base+SMC (--reg none), CDCR without SMC (--alpha own), and Table 8's alpha
 strategies const / linear / self / mutual / cps with --reg none (Table 8's SMC row is the Base+SMC row).
 Runs that already finished (a last.pt at their final step) are reused, so an interrupted table resumes; a run
-of another data or training seed in a row's folder is a one-line error, never mixed into the table.
+whose saved configuration differs from the row's in anything but the output folder, device and thread
+settings (another seed, loss, budget, ...) is a one-line error, never mixed into the table.
+
+Parallel runs (`--jobs 2`): two train.py processes at once, one thread each by default (CPUs / jobs), each
+logging to its folder's train.out; on a 2-core CPU this is the cheapest way to a table. Train times are then
+those of runs sharing the machine.
 
 Several training seeds (`--seed 0 1 2`): every row is trained once per seed (folder <Row> for seed 0,
 <Row>_seed<S> for the others, so a one-seed table is reused); table7.md then gives the mean over the seeds
@@ -37,7 +43,9 @@ import platform
 import re
 import statistics
 import sys
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,18 +59,13 @@ import plots  # noqa: E402
 import predict  # noqa: E402
 import train  # noqa: E402
 from checkpoint import build_students, load_checkpoint  # noqa: E402
-from runlog import REFERENCE  # noqa: E402  (the reference file train.py prints from)
+from runlog import BUDGET_KEYS, REFERENCE  # noqa: E402  (the reference file train.py prints from)
 
 MAIN_ROWS = [("SupOnly", ["--mode", "suponly"]), ("Base U-Net", ["--mode", "unet"]),
              ("Base MedSAM", ["--mode", "medsam"]), ("SynFoC", [])]
 ALL_ROWS = [("SynFoC w/ CR", ["--reg", "cr"]), ("Base+SMC (no CDCR)", ["--reg", "none"]),
             ("CDCR w/o SMC", ["--alpha", "own"])] + \
            [(f"Table 8: {a}", ["--reg", "none", "--alpha", a]) for a in ("const", "linear", "self", "mutual", "cps")]
-# the settings that define "the same budget" for the reference train.py prints
-BUDGET_KEYS = ("steps", "burn_in", "batch", "lr_sam", "lr_unet", "ema", "tau", "rank", "sam", "lite_size",
-               "head_init", "sam_norm", "unet_norm", "unet_layer", "unet_width", "amp", "labeled", "domain",
-               "seed", "data_seed")
-
 
 def row_folder(out: Path, name: str, seed: int) -> Path:
     """The run folder of one row and training seed: "Base U-Net" -> Base_U-Net (seed 0), Base_U-Net_seed2."""
@@ -70,8 +73,12 @@ def row_folder(out: Path, name: str, seed: int) -> Path:
     return out / (base if seed == 0 else f"{base}_seed{seed}")
 
 
-def run_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, float]:
-    """Train one row with one training seed (or reuse a finished run); returns (run folder, wall seconds)."""
+IGNORED = {"out", "device", "workers", "threads"}  # config keys that may differ between a reused run and this table
+
+
+def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, list[str] | None]:
+    """(run folder, train.py argv) of one row and training seed; argv None: a finished run with exactly this
+    configuration is reused. A run whose saved configuration differs in anything but IGNORED is an error."""
     folder = row_folder(out, name, seed)
     argv = ["--dataset", "synthetic", "--data-seed", str(args.data_seed), "--seed", str(seed),
             "--data-root", args.data_root, "--out", str(folder), *flags, *args.train_args]
@@ -83,18 +90,38 @@ def run_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, se
         if ran != {"data_seed": args.data_seed, "seed": seed}:  # never mix another table's run into this one
             raise ValueError(f"{folder} holds a run with {ran}, this table asks for data_seed {args.data_seed}, "
                              f"seed {seed}: give another --out")
+        want = train.resolve_config(train.parse_args(argv))
+        diff = [k for k in sorted(want) if k not in IGNORED and want[k] != ck["config"].get(k)]
+        if diff:
+            k = diff[0]
+            raise ValueError(f"{folder} holds a run trained with {k} = {ck['config'].get(k)!r}, this table asks for "
+                             f"{want[k]!r} ({len(diff)} setting(s) differ: {', '.join(diff)}): give another --out")
         if ck["step"] == ck["config"]["steps"]:
-            print(f"[table7] {name}: reusing {folder} (finished)")
-            return folder, json.loads((folder / "wall.json").read_text())["seconds"] if (folder / "wall.json").exists() else float("nan")
-        argv = ["--resume", str(folder)]
-    elif folder.exists():
+            return folder, None
+        return folder, ["--resume", str(folder)]
+    if folder.exists():
         argv.append("--overwrite")
-    print(f"[table7] {name}: python train.py {' '.join(argv)}")
+    return folder, argv
+
+
+def train_row(name: str, folder: Path, argv: list[str], threads: int | None) -> float:
+    """Train (or resume) one run in its own process; returns wall seconds (also written to wall.json)."""
+    argv = argv + (["--threads", str(threads)] if threads else [])
+    print(f"[table7] {name}: python train.py {' '.join(argv)}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train.train(argv)
+    with open(folder / "train.out", "w") as log:  # the run's own log.txt is the record; this keeps tqdm/errors
+        rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = (folder / "train.out").read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise ValueError(f"{name}: train.py exited {rc} ({tail[0]}); see {folder / 'train.out'}")
     sec = time.time() - t0
-    (folder / "wall.json").write_text(json.dumps(dict(seconds=sec)))
-    return folder, sec
+    (folder / "wall.json").write_text(json.dumps(dict(seconds=sec, threads=threads)))
+    return sec
+
+
+def wall(folder: Path) -> float:
+    return json.loads((folder / "wall.json").read_text())["seconds"] if (folder / "wall.json").exists() else float("nan")
 
 
 def evaluate_run(folder: Path) -> dict[str, dict[str, float]]:
@@ -143,9 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-reference", action="store_true",
                    help=f"write {REFERENCE.relative_to(ROOT)}: the rows' Dice and the budget, printed by train.py "
                         "at the end of a run with the same budget")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each its own train.py process "
+                                                        "(default 1; 2 on a 2-core CPU: one thread each)")
+    p.add_argument("--threads", type=int, help="torch threads of each run (default: CPUs / --jobs when --jobs > 1, "
+                                               "else torch's own choice)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="everything after this flag goes to every train.py call (e.g. --sam tiny for tests)")
     args = p.parse_args(argv)
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        print("error: --jobs and --threads must be >= 1", file=sys.stderr)
+        return 2
     seeds = list(dict.fromkeys(args.seed))  # in the given order, each once
     if args.write_reference and len(seeds) > 1:
         print("error: --write-reference takes one --seed (the reference is one run per row, like train.py's run)",
@@ -155,12 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = MAIN_ROWS + (ALL_ROWS if args.all else [])
     results, sds, walls, folders, per_seed = {}, {}, {}, {}, {}
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     try:
-        for name, flags in rows:
-            runs = {s: run_row(name, flags, args, out, s) for s in seeds}     # seed -> (folder, seconds)
-            folders[name] = runs[seeds[0]][0]
-            walls[name] = sum(sec for _, sec in runs.values()) / len(runs)   # per run
-            evals = {s: evaluate_run(f) for s, (f, _) in runs.items()}      # seed -> model -> domain -> Dice
+        plans = {(name, s): plan_row(name, flags, args, out, s) for name, flags in rows for s in seeds}
+        todo = [(name, s) for (name, s), (_, argv) in plans.items() if argv is not None]
+        for (name, s), (folder, argv) in plans.items():
+            if argv is None:
+                print(f"[table7] {name}: reusing {folder} (finished)")
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is its own train.py process
+            futures = {key: pool.submit(train_row, key[0], plans[key][0], plans[key][1], threads) for key in todo}
+            for f in futures.values():
+                f.result()
+        for name, _ in rows:
+            runs = {s: plans[(name, s)][0] for s in seeds}                # seed -> folder
+            folders[name] = runs[seeds[0]]
+            walls[name] = sum(wall(f) for f in runs.values()) / len(runs)   # per run
+            evals = {s: evaluate_run(f) for s, f in runs.items()}          # seed -> model -> domain -> Dice
             per_seed[name] = {m: {s: evals[s][m] for s in seeds} for m in evals[seeds[0]]}
             stats = {m: over_seeds(v) for m, v in per_seed[name].items()}
             results[name] = {m: mean for m, (mean, _) in stats.items()}
@@ -174,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(data_seed=args.data_seed, seed=seeds[0], seeds=seeds, steps=cfg["steps"], rows={n: f for n, f in rows},
                 train_seconds=walls, machine=f"{platform.machine()}, {os.cpu_count()} CPUs, "
                 + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-                date=time.strftime("%Y-%m-%d"), budget={k: cfg.get(k) for k in BUDGET_KEYS})
+                date=time.strftime("%Y-%m-%d"), budget={k: cfg.get(k) for k in BUDGET_KEYS}, jobs=args.jobs,
+                threads=threads)
     several = len(seeds) > 1
     title = f"Synthetic Table 7 — data seed {args.data_seed}, {cfg['steps']} steps, " + \
         (f"training seeds {', '.join(map(str, seeds))}, mean Dice (%) over the seeds" if several

@@ -29,7 +29,8 @@ def ref_ce(logits, target, weight=None):
     return total / (B * H * W)
 
 
-def ref_dice(logits, target, weight=None, eps=1e-10):
+def ref_dice(logits, target, weight=None, eps=1e-10, mask="all"):
+    """mask="fg": the authors' rule, class 0's mask is `W * 0 == 0` (every pixel), class c's is `W * c == c`."""
     B, C, H, W = logits.shape
     per_class = []
     for c in range(C):
@@ -40,6 +41,8 @@ def ref_dice(logits, target, weight=None, eps=1e-10):
                     p = ref_softmax(logits, b, h, w)[c]
                     y = 1.0 if int(target[b, h, w]) == c else 0.0
                     wt = 1.0 if weight is None else float(weight[b, h, w])
+                    if mask == "fg" and weight is not None:
+                        wt = 1.0 if float(weight[b, h, w]) * c == c else 0.0  # 0/1 weights, as Eq. 7's W
                     inter += wt * p * y
                     denom += wt * (p * p + y * y)
         per_class.append(1.0 - (2.0 * inter + eps) / (denom + eps))
@@ -98,30 +101,51 @@ def test_dice_hand_values():
     # weight keeps (0,0) y=0, (1,0) y=0, (1,1) y=1:
     # class 0: 2*1 / (0.75 + 2) = 8/11 -> 3/11; class 1: 2*0.5 / (0.75 + 1) = 4/7 -> 3/7; mean 27/77
     weight = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
-    assert losses.dice_loss(logits, target, weight).item() == pytest.approx(27 / 77, rel=1e-6)
+    assert losses.dice_loss(logits, target, weight, "all").item() == pytest.approx(27 / 77, rel=1e-6)
+    # "fg" (the authors'): class 0 over all 4 pixels -> 1/3 as unweighted; class 1 as above 3/7; mean 8/21
+    assert losses.dice_loss(logits, target, weight).item() == pytest.approx((1 / 3 + 3 / 7) / 2, rel=1e-6)
 
 
-def test_dice_matches_pixel_loop(rand_case):
+@pytest.mark.parametrize("mask", ["fg", "all"])
+def test_dice_matches_pixel_loop(rand_case, mask):
     logits, target, weight = rand_case
-    assert losses.dice_loss(logits, target).item() == pytest.approx(ref_dice(logits, target), rel=1e-5)
-    assert losses.dice_loss(logits, target, weight).item() == pytest.approx(
-        ref_dice(logits, target, weight), rel=1e-5)
+    assert losses.dice_loss(logits, target, mask=mask).item() == pytest.approx(ref_dice(logits, target), rel=1e-5)
+    assert losses.dice_loss(logits, target, weight, mask).item() == pytest.approx(
+        ref_dice(logits, target, weight, mask=mask), rel=1e-5)
 
 
-def test_dice_weight_applies_to_background():
-    # background pixels with weight 0 must not enter the background class either (METHOD.md §3.7)
+def test_dice_mask_all_weights_background_fg_does_not():
+    # --dice-mask all: background pixels with weight 0 leave the background class too
     logits = torch.zeros(1, 2, 1, 2)
     target = torch.tensor([[[0, 1]]])
     weight = torch.tensor([[[0.0, 1.0]]])
     # only pixel (0,1), y=1: class 0: (0 + eps)/(0.25 + eps) -> ~1; class 1: 1 / 1.25 = 0.8 -> 0.2
-    assert losses.dice_loss(logits, target, weight).item() == pytest.approx((1.0 + 0.2) / 2, rel=1e-6)
+    assert losses.dice_loss(logits, target, weight, "all").item() == pytest.approx((1.0 + 0.2) / 2, rel=1e-6)
+    # default "fg" (authors' code): class 0 over both pixels: 2*0.5 / (0.5 + 1) = 2/3 -> 1/3; class 1 -> 0.2
+    assert losses.dice_loss(logits, target, weight).item() == pytest.approx((1 / 3 + 0.2) / 2, rel=1e-6)
+    # and the gradient reaches the masked pixel only through the background channel under "fg"
+    lg = logits.clone().requires_grad_(True)
+    losses.dice_loss(lg, target, weight, "all").backward()
+    assert lg.grad[0, :, 0, 0].abs().max().item() < 1e-6
+    lg.grad = None
+    losses.dice_loss(lg, target, weight).backward()
+    assert lg.grad[0, :, 0, 0].abs().max().item() > 1e-3
+
+
+def test_dice_unknown_mask_is_an_error(rand_case):
+    logits, target, weight = rand_case
+    with pytest.raises(ValueError, match="mask"):
+        losses.dice_loss(logits, target, weight, "background")
 
 
 def test_zero_weight_and_empty_class_finite(rand_case):
     logits, target, _ = rand_case
     zero = torch.zeros(target.shape)
     assert losses.ce_loss(logits, target, zero).item() == 0.0
-    assert losses.dice_loss(logits, target, zero).item() == pytest.approx(0.0, abs=1e-6)  # eps/eps
+    assert losses.dice_loss(logits, target, zero, "all").item() == pytest.approx(0.0, abs=1e-6)  # eps/eps
+    # "fg": the foreground channels are eps/eps, the background one is the unweighted Dice
+    assert losses.dice_loss(logits, target, zero).item() == pytest.approx(
+        ref_dice(logits, target, zero, mask="fg"), rel=1e-5)
     only_bg = torch.zeros_like(target)  # classes 1 and 2 absent
     d = losses.dice_loss(logits, only_bg)
     assert torch.isfinite(d) and d.item() == pytest.approx(ref_dice(logits, only_bg), rel=1e-5)

@@ -37,13 +37,13 @@ def batches(run, L=2, U=3, seed=0):
 # ----------------------------------------------------------------------------- independent formulas (numpy)
 
 def np_agree(a, b, parts):
-    """Eq. 4/5 per sample: mean over parts of (2|A&B| + 1) / (|A| + |B| + 1)."""
+    """Eq. 4/5 per sample: mean over parts of (2|A&B| + 1) / (|A| + |B| + 1.001) (the authors' code)."""
     out = []
     for x, y in zip(a, b):
         vals = []
         for part in parts:
             A, B = np.isin(x, part), np.isin(y, part)
-            vals.append((2 * (A & B).sum() + 1) / (A.sum() + B.sum() + 1))
+            vals.append((2 * (A & B).sum() + 1) / (A.sum() + B.sum() + 1.001))
         out.append(np.mean(vals))
     return np.array(out)
 
@@ -75,7 +75,8 @@ def expected_targets(run, lb, ub, M, step, strategy="smc"):
         g_w = run.unet(ub["weak_unet"]).argmax(1).numpy()
     phi_self = np_agree(g_w, p_ut.argmax(1), parts)
     phi_mut = np_agree(np_nearest(p_ut.argmax(1), R), p_ms.argmax(1), parts)
-    a = {"smc": phi_self * phi_mut, "linear": np.full(3, step / cfg["steps"])}.get(strategy)
+    k = cfg["burn_in"]  # "linear" follows lambda's clock: (t - K) / (T - K)
+    a = {"smc": phi_self * phi_mut, "linear": np.full(3, np.clip((step - k) / (cfg["steps"] - k), 0, 1))}.get(strategy)
     a_sam, a_unet = {"cps": (np.ones(3), np.zeros(3)), "own": (np.zeros(3), np.ones(3))}.get(strategy, (a, a))
     ens = lambda al: al[:, None, None, None] * p_ut + (1 - al[:, None, None, None]) * np_bilinear(p_ms, S_IN)  # noqa: E731
     e_S, e_R = ens(a_unet), np_bilinear(ens(a_sam), R)
@@ -108,23 +109,35 @@ def test_teach_matches_equations(strategy):
     assert 0 < float(tg["wc_S"].mean()) < 1  # the threshold really splits the pixels here
 
 
+def test_linear_alpha_follows_lambda_clock_after_burn_in():
+    """Table 8's linear alpha counts from the end of the burn-in, as lambda(t) does: 0 at t = K, 1/2 halfway."""
+    run = make_run("--alpha", "linear", "--burn-in", "4")   # T = 10, K = 4
+    lb, ub, M = batches(run)
+    for step, want in ((4, 0.0), (7, 0.5), (9, 5 / 6)):
+        assert float(synfoc.teach(run, lb, ub, M, step)["alpha"]) == pytest.approx(want, abs=1e-6), step
+    want = expected_targets(run, lb, ub, M, 7, "linear")
+    assert float(want["alpha"]) == pytest.approx(0.5)
+
+
 def np_ce(logits, target, weight):
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     nll = -np.take_along_axis(logp, target[:, None], 1)[:, 0]
     return (nll * weight).mean()
 
 
-def np_dice(logits, target, weight):
+def np_dice(logits, target, weight, mask="fg"):
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     y = np.eye(p.shape[1])[target].transpose(0, 3, 1, 2)
-    w = weight[:, None]
+    w = np.repeat(weight[:, None], p.shape[1], axis=1)
+    if mask == "fg":
+        w[:, 0] = 1.0  # the authors' rule: the background channel over every pixel
     inter, den = (w * p * y).sum((0, 2, 3)), (w * (p * p + y * y)).sum((0, 2, 3))
     return (1 - (2 * inter + 1e-10) / (den + 1e-10)).mean()
 
 
-@pytest.mark.parametrize("reg", ["cdcr", "cr", "none"])
-def test_student_losses_match_equations(reg):
-    run = make_run("--reg", reg, "--tau", "0.4")
+@pytest.mark.parametrize("reg,dice_mask", [("cdcr", "fg"), ("cr", "fg"), ("none", "fg"), ("cdcr", "all")])
+def test_student_losses_match_equations(reg, dice_mask):
+    run = make_run("--reg", reg, "--tau", "0.4", "--dice-mask", dice_mask)
     lb, ub, M = batches(run)
     step = 6
     tg = synfoc.teach(run, lb, ub, M, step)
@@ -134,7 +147,7 @@ def test_student_losses_match_equations(reg):
         f = run.sam(torch.cat([lb["img_sam"], tg["xc_I"]])).numpy()
     f_l, f_c = f[:2], f[2:]
     one = lambda t: np.ones(t.shape, np.float64)  # noqa: E731
-    seg = lambda lo, t, w: np_ce(lo, t, w) + np_dice(lo, t, w)  # noqa: E731
+    seg = lambda lo, t, w: np_ce(lo, t, w) + np_dice(lo, t, w, dice_mask)  # noqa: E731
     L_x = seg(g_l, lb["label_unet"].numpy(), one(lb["label_unet"])) + seg(f_l, lb["label_sam"].numpy(), one(lb["label_sam"]))
     L_u = seg(g_c, tg["qc_S"].numpy(), tg["wc_S"].numpy()) + seg(f_c, tg["qc_R"].numpy(), tg["wc_R"].numpy())
     soft = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731

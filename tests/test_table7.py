@@ -40,10 +40,13 @@ def test_table7_end_to_end(tmp_path):
     # a second training seed: seed 0's runs are reused, seed 1's trained into <Row>_seed1, the table gives the
     # mean over seeds (checked here against each run's own evals.csv) and the sample sd of the mean Dice
     r3 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
-                         "--data-root", str(tmp_path / "data"), "--seed", "0", "1", "--train-args", "--sam", "tiny",
+                         "--data-root", str(tmp_path / "data"), "--seed", "0", "1", "--jobs", "2", "--train-args", "--sam", "tiny",
                          "--unet-width", "4", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r3.returncode == 0, r3.stderr[-2000:]
     assert r3.stdout.count("reusing") == 4 and (out / "SynFoC_seed1" / "last.pt").is_file()
+    # --jobs 2: the seed-1 runs trained in their own processes, one thread each
+    assert json.loads((out / "SynFoC_seed1" / "wall.json").read_text())["threads"] == 1
+    assert json.loads((out / "SynFoC_seed1" / "config.json").read_text())["threads"] == 1
     res2 = json.loads((out / "table7.json").read_text())
     assert res2["_meta"]["seeds"] == [0, 1]
     md2 = (out / "table7.md").read_text()
@@ -64,6 +67,12 @@ def test_table7_end_to_end(tmp_path):
                          "--data-root", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r5.returncode == 2 and "holds a run with {'data_seed': 5, 'seed': 0}" in r5.stderr, r5.stderr[-500:]
     assert len(r5.stderr.strip().splitlines()) == 1
+    # a finished run trained with another configuration (here the Dice mask) is an error, not a silent reuse
+    r6 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
+                         "--data-root", str(tmp_path / "data"), "--train-args", "--sam", "tiny", "--unet-width", "4",
+                         "--device", "cpu", "--dice-mask", "all"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r6.returncode == 2 and "trained with dice_mask = 'fg', this table asks for 'all'" in r6.stderr, r6.stderr[-500:]
+    assert len(r6.stderr.strip().splitlines()) == 1
     # the reference file is one run per row
     r4 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--out", str(out), "--seed", "0", "1",
                          "--write-reference"], cwd=ROOT, capture_output=True, text=True, timeout=60)
