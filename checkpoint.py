@@ -26,6 +26,7 @@ import data
 from medsam_lora import build_sam
 from sam_attention import use_fast_attention
 from sam_checkpoint import CheckpointError
+from speedups import optimise_models
 from unet import UNet
 
 CKPT_FORMAT = "synfoc-ckpt-1"
@@ -62,6 +63,8 @@ def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, to
         if cfg.get("fast_attn"):
             use_fast_attention(sam)  # same outputs (tested), SDPA kernels
         sam = sam.to(device)
+    if not cfg.get("plain"):  # the optimised step (speedups.py): same function, faster kernels
+        optimise_models(unet, sam)
     return unet, sam
 
 

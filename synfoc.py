@@ -42,6 +42,7 @@ import losses
 import smc
 from checkpoint import build_models, unet_from_config
 from medsam_lora import make_teacher
+from speedups import ema_foreach, optimise_models
 from unet import UNet
 
 LOSS_NAMES = ("loss", "L_x", "L_u", "L_c", "L_d")
@@ -83,15 +84,15 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
         unet_t = unet_from_config(cfg).to(device)
         unet_t.load_state_dict(unet.state_dict())
         unet_t.requires_grad_(False)
+        if not cfg.get("plain"):
+            optimise_models(unet_t, None)  # NHWC like its student (speedups.py)
     sam_t = make_teacher(sam) if sam is not None else None  # shares the frozen encoder with its student
     for model in (unet, unet_t, sam, sam_t):
         if model is not None:
             model.train()  # teachers stay in train mode during training (official)
-            if device.type == "cuda" and isinstance(model, UNet):
-                model.to(memory_format=torch.channels_last)  # NHWC convolutions (cuDNN's fast path)
             if cfg.get("compile"):
                 model.compile()  # in place: state_dict keys unchanged
-    fused = device.type == "cuda"  # one kernel per optimiser step, and no host sync in GradScaler.step
+    fused = device.type == "cuda" and not cfg.get("plain")  # one kernel per optimiser step, no host sync in scaler.step
     opt_unet = torch.optim.SGD(unet.parameters(), lr=cfg["lr_unet"], momentum=0.9, weight_decay=1e-4,
                                fused=fused) if unet is not None else None
     opt_sam = torch.optim.AdamW(sam.trainable_parameters(), lr=cfg["lr_sam"], betas=(0.9, 0.999),
@@ -260,7 +261,8 @@ def losses_fn(cfg: dict):
 
 @torch.no_grad()
 def ema_update(teacher: list[Tensor], student: list[Tensor], decay: float) -> None:
-    """teacher <- decay * teacher + (1 - decay) * student, parameter by parameter (BN buffers are not averaged)."""
+    """teacher <- decay * teacher + (1 - decay) * student, parameter by parameter (BN buffers are not averaged).
+    The plain step's loop; the optimised step uses speedups.ema_foreach (one call, the same within rounding)."""
     for t, s in zip(teacher, student):
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
 
@@ -276,10 +278,11 @@ def update(run: Run, loss: Tensor, step: int) -> None:
         run.scaler.step(o)
     run.scaler.update()
     decay = min(1.0 - 1.0 / (step + 1), run.cfg["ema"])
+    ema = ema_update if run.cfg.get("plain") else ema_foreach
     if run.unet_t is not None:
-        ema_update(list(run.unet_t.parameters()), list(run.unet.parameters()), decay)
+        ema(list(run.unet_t.parameters()), list(run.unet.parameters()), decay)
     if run.sam_t is not None:
-        ema_update(run.sam_t.trainable_parameters(), run.sam.trainable_parameters(), decay)
+        ema(run.sam_t.trainable_parameters(), run.sam.trainable_parameters(), decay)
 
 
 def train_step(run: Run, lb: dict, ub: dict | None, M_S: Tensor | None, step: int) -> dict[str, Tensor]:

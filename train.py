@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None) -> dict:
                         "[0,1] by its own min/max as MedSAM's preprocessing (default: preset)")
     p.add_argument("--compile", action="store_true", help="torch.compile the students and teachers (GPU; the first "
                                                           "steps pay the compilation)")
+    p.add_argument("--plain", action="store_true",
+                   help="the plain step: every speed-only change of speedups.py off (no Conv+BN folding, NCHW, "
+                        "EMA loop, foreach optimisers); the reference for parity checks, slower")
     p.add_argument("--fast-attn", action="store_true", help="MedSAM ViT attention through scaled_dot_product_attention "
                                                             "(sam_attention.py; same outputs, faster on GPUs)")
     p.add_argument("--unet-norm", choices=["unit", "minmax", "zscore"],
@@ -146,7 +149,7 @@ def resolve_config(given: dict) -> dict:
         labeled_ratio=pre.get("labeled_ratio"), sam=pre.get("sam", "medsam"), sam_ckpt="checkpoints/medsam_vit_b.pth",
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
         sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"),
-        unet_layer=pre.get("unet_layer", "batch"), fast_attn=False, compile=False, mode="synfoc", alpha="smc",
+        unet_layer=pre.get("unet_layer", "batch"), plain=False, fast_attn=False, compile=False, mode="synfoc", alpha="smc",
         reg="cdcr", dice_mask="fg", steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1e-4), unet_width=pre.get("unet_width", 64),
@@ -166,6 +169,8 @@ def resolve_config(given: dict) -> dict:
     for k in SYNFOC_ONLY:
         if k in given and cfg["mode"] != "synfoc":
             raise ConfigError(f"{flag(k)} {given[k]} applies to --mode synfoc only (got --mode {cfg['mode']})")
+    if cfg["plain"] and (cfg["fast_attn"] or cfg["compile"]):
+        raise ConfigError("--plain is the unoptimised reference step; it cannot take --fast-attn or --compile")
     if cfg["fast_attn"] and cfg["sam"] == "litemedsam":
         raise ConfigError("--fast-attn applies to the MedSAM ViT (--sam medsam or tiny); LiteMedSAM's TinyViT has its own attention")
     if "lite_size" in given and cfg["sam"] != "litemedsam":

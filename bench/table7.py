@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     results, sds, walls, folders, per_seed = {}, {}, {}, {}, {}
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     try:
-        plans = {(name, s): plan_row(name, flags, args, out, s) for name, flags in rows for s in seeds}
+        # seed-major: every row of seed 0 first, so an interrupted table already holds whole seeds
+        plans = {(name, s): plan_row(name, flags, args, out, s) for s in seeds for name, flags in rows}
         todo = [(name, s) for (name, s), (_, argv) in plans.items() if argv is not None]
         for (name, s), (folder, argv) in plans.items():
             if argv is None:

@@ -184,15 +184,20 @@ def test_flags_override_presets():
 
 
 def test_reference_line_only_for_the_measured_budget(tmp_path, monkeypatch):
-    ref = dict(date="2026-11-26", machine="m", data_seed=0, seed=0, budget={"steps": 200, "batch": [2, 2]},
+    cfg = train.resolve_config(train.parse_args(["--steps", "200", "--batch", "2", "2"]))
+    budget = {k: cfg[k] for k in runlog.BUDGET_KEYS}
+    ref = dict(date="2026-11-26", machine="m", data_seed=0, seed=0, budget=budget,
                results={"SupOnly": {"unet": {"Domain1": 0.9, "Domain2": 0.1, "Domain3": 0.2, "Domain4": 0.3, "mean": 0.375}}})
     (tmp_path / "ref.json").write_text(json.dumps(ref))
     monkeypatch.setattr(runlog, "REFERENCE", tmp_path / "ref.json")
-    cfg = train.resolve_config(train.parse_args(["--steps", "200", "--batch", "2", "2"]))
     line = runlog.reference_line(cfg)
     assert "SupOnly (unet)" in line and "Domain2  10.0" in line and "mean  37.5" in line and "2026-11-26" in line
     assert runlog.reference_line(dict(cfg, steps=201)) == ""          # another budget: no claim
     assert runlog.reference_line(dict(cfg, mode="unet")) == ""
+    assert runlog.reference_line(dict(cfg, dice_mask="all")) == ""    # another loss: no claim
+    del budget["dice_mask"]                                           # a reference from before the flag
+    (tmp_path / "ref.json").write_text(json.dumps(dict(ref, budget=budget)))
+    assert runlog.reference_line(cfg) == ""
     monkeypatch.setattr(runlog, "REFERENCE", tmp_path / "none.json")
     assert runlog.reference_line(cfg) == ""
 

