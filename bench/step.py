@@ -6,6 +6,7 @@ Commands (from the repository root)
     python bench/step.py --dataset fundus --sam-ckpt checkpoints/medsam_vit_b.pth  # real MedSAM weights
     python bench/step.py --write-ckpt /tmp/medsam_random.pth  # only write the random MedSAM-shaped state dict
     nice -n 19 python bench/step.py                           # CPU: the reduced configuration, 1 + 2 steps
+    python bench/step.py --dataset synthetic --compare --parts --windows 5   # the CPU default: plain vs optimised
 
 What is built. `train.resolve_config(train.parse_args(...))` with the flags below, then `synfoc.build_run`:
 the students, EMA teachers, optimisers, GradScaler and autocast exactly as train.py makes them. On a GPU
@@ -17,6 +18,12 @@ mnms 288, busi 256), the dataset's batch L + U (4 + 4; mnms 2 + 2), fp16 autocas
 On a CPU the default is the REDUCED configuration, so the suite can run it in seconds: `--sam tiny`
 (checkpoint.TINY_SAM: a random 2-block ViT at 64 px, no checkpoint), `--unet-width 8`, `--unet-size 64`,
 `--batch 1 1`, `--amp off`, `--warmup 1 --steps 2`. Every flag given overrides either default.
+`--dataset synthetic` is the embedded default as train.py runs it (the preset decides: LiteMedSAM at 128,
+the width-16 GroupNorm U-Net, batch 2 + 2, bf16) on REAL batches: the generated set (--data-root) through
+train.py's datasets, augmentations and (seed, step) draws; warm-up 2, 5 steps per window.
+`--plain` times the plain step (train.py --plain: speedups.py off); `--compare` builds both from the same
+seed and times them in alternating windows on the same inputs (s/step and the rest describe the optimised
+one; `compare:` gives both medians and the speedup). `--windows K`: s/step is the median of K windows.
 
 What is timed. Inputs are random tensors made once on the device (no loader: this measures the step);
 the copy-paste masks M_S of every step are drawn with train.boxes and moved to the device before timing.
@@ -28,17 +35,22 @@ teachers (`synfoc.teach`: stages 2-5), students forward + losses (`synfoc.studen
 (from `synfoc.update`'s start to the last gradient accumulated: a post-accumulate-grad hook on every
 trainable tensor) and optimisers + EMA (the rest of `synfoc.update`). The hooks cost a little, so the parts
 add up to slightly more than s/step.
+`--parts` cuts N further steps finer (FINE below; module hooks mark each model call, the EMA functions
+are wrapped, data loading is timed when batches are real) and counts each part's FLOPs in one more step
+under FlopCounterMode: a markdown table of ms per step (each compared step) with GFLOP and GFLOP/s.
 
 Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then the same as one JSON line:
     config, device, s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
     over the timed steps; n/a on CPU), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
-    --peak-tflops; n/a without it), split (ms per step of the four parts).
+    --peak-tflops; n/a without it), split (ms per step of the four parts); with --compare a `compare:` line,
+    with --parts `parts:` and the table, before the JSON line.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -54,10 +66,14 @@ import train  # noqa: E402
 from medsam_lora import LoRAQKV, build_sam  # noqa: E402
 from sam_attention import use_fast_attention  # noqa: E402
 
-DATASETS = ("fundus", "prostate", "mnms", "busi")
+DATASETS = ("fundus", "prostate", "mnms", "busi", "synthetic")
 REDUCED = dict(sam="tiny", unet_width=8, unet_size=64, batch=[1, 1], amp="off", warmup=1, steps=2)
 PAPER = dict(sam="medsam", unet_width=64, unet_size=None, batch=None, amp="fp16", warmup=3, steps=10)
 PARTS = ("teachers", "students fwd+losses", "backward", "optimisers+EMA")
+# --parts: the step cut finer (module hooks on the live models; one row per part of one SynFoC step)
+FINE = ("data loading + augmentation", "U-Net teacher fwd", "SAM teacher fwd", "U-Net student fwd (SMC, no grad)",
+        "SMC + pseudo-labels + mixing", "U-Net student fwd (x_l, x_c)", "SAM student encoder fwd (LoRA)",
+        "SAM student decoder fwd", "losses (CE, Dice, CDCR)", "backward", "optimisers", "EMA")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,21 +88,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="untimed steps before timing (default 3 on CUDA, 1 on CPU)")
     p.add_argument("--steps", type=int, help="timed steps, and as many again for the split (default 10 on CUDA, 2 on CPU)")
     p.add_argument("--peak-tflops", type=float, help="the card's peak TFLOP/s for the amp dtype (e.g. 989 for H100 SXM bf16)")
-    p.add_argument("--sam", choices=["medsam", "tiny"], help="MedSAM ViT-B at 512 (default on CUDA) or the tiny random ViT (CPU)")
+    p.add_argument("--sam", choices=["medsam", "litemedsam", "tiny"],
+                   help="MedSAM ViT-B at 512 (default on CUDA), the tiny random ViT (CPU), or LiteMedSAM (synthetic's)")
+    p.add_argument("--plain", action="store_true", help="the plain step (train.py --plain: every speedups.py change off)")
+    p.add_argument("--compare", action="store_true",
+                   help="time the plain and the optimised step side by side (alternating windows, same inputs)")
+    p.add_argument("--windows", type=int, default=1, help="timed windows of --steps steps; s/step is their median (default 1)")
+    p.add_argument("--parts", action="store_true", help="also time the step cut into FINE parts, with FLOPs and GFLOP/s")
     p.add_argument("--sam-ckpt", help="SAM-format state dict to load (default: a random MedSAM-shaped one in a temp file)")
     p.add_argument("--write-ckpt", metavar="PATH", help="only write the random MedSAM-shaped state dict to PATH and exit")
     p.add_argument("--unet-width", type=int, help="U-Net base width (default 64; CPU 8)")
     p.add_argument("--unet-size", type=int, help="U-Net input size S (default: the dataset's; CPU 64)")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default cuda when available)")
+    p.add_argument("--data-root", default="data", help="synthetic only: folder of the generated set (default data)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models and the random inputs (default 0)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     defaults = PAPER if args.device.startswith("cuda") else REDUCED
+    if args.dataset == "synthetic":  # the embedded default as train.py runs it: the preset decides
+        defaults = dict(sam=None, unet_width=None, unet_size=None, batch=None, amp=None, warmup=2, steps=5)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.windows < 1:
+        p.error("--steps and --windows must be >= 1 and --warmup >= 0")
+    if args.compare and args.plain:
+        p.error("--compare times both steps; drop --plain")
     return args
 
 
@@ -120,9 +147,13 @@ def random_medsam_state_dict(seed: int = 0, **vit) -> dict[str, torch.Tensor]:
 def train_argv(args: argparse.Namespace, sam_ckpt: str | None, out: str) -> list[str]:
     """The train.py command line of this benchmark (--burn-in 0: always the full SynFoC step, never the
     supervised-only burn-in)."""
-    argv = ["--dataset", args.dataset, "--sam", args.sam, "--amp", args.amp, "--unet-width", str(args.unet_width),
-            "--burn-in", "0",
-            "--device", args.device, "--workers", "0", "--seed", str(args.seed), "--out", out]
+    argv = ["--dataset", args.dataset, "--burn-in", "0", "--device", args.device, "--workers", "0",
+            "--seed", str(args.seed), "--out", out, "--data-root", args.data_root]
+    for flag, value in (("--sam", args.sam), ("--amp", args.amp), ("--unet-width", args.unet_width)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.plain:
+        argv.append("--plain")
     if args.batch is not None:
         argv += ["--batch", *map(str, args.batch)]
     if sam_ckpt is not None:
@@ -132,9 +163,12 @@ def train_argv(args: argparse.Namespace, sam_ckpt: str | None, out: str) -> list
 
 @dataclass
 class Inputs:
-    lb: dict[str, torch.Tensor]
-    ub: dict[str, torch.Tensor]
+    lb: list[dict[str, torch.Tensor]]  # step t's labeled batch (the same dict every step for random inputs)
+    ub: list[dict[str, torch.Tensor]]
     masks: list[torch.Tensor]  # one M_S float[U,1,S,S] per step, already on the device
+
+    def at(self, t: int) -> tuple[dict, dict, torch.Tensor]:
+        return self.lb[t], self.ub[t], self.masks[t]
 
 
 def make_inputs(run, cfg: dict, steps: int, device: torch.device, seed: int) -> Inputs:
@@ -149,7 +183,34 @@ def make_inputs(run, cfg: dict, steps: int, device: torch.device, seed: int) -> 
     ub = dict(weak_unet=rand(U, Cin, S, S), weak_sam=rand(U, 3, I, I), strong_unet=rand(U, Cin, S, S),
               strong_sam=rand(U, 3, I, I), label_unet=label(U, S, S))
     masks = [train.boxes(t, U, S, cfg["seed"]).to(device) for t in range(steps)]  # [U,1,S,S] each
-    return Inputs(lb, ub, masks)
+    return Inputs([lb] * steps, [ub] * steps, masks)
+
+
+class RealFeed:
+    """train.py's own data path for the synthetic set: the labeled and unlabeled sets with their augmentations,
+    drawn by (seed, step) exactly as train.py's StepSampler does (workers 0: on the critical path)."""
+
+    def __init__(self, run, cfg: dict, device: torch.device):
+        import data  # noqa: PLC0415  (only the real-data benchmark reads files)
+        root = train.dataset_root(cfg)  # generates data/synthetic on first use
+        lab, unl = data.split_labeled(cfg["dataset"], root, cfg["domain"], cfg["labeled"], cfg["labeled_ratio"])
+        I, R = run.sam.image_size, run.sam.logit_size
+        self.sets = (data.LabeledSet(cfg["dataset"], lab, I, R, seed=cfg["seed"]),
+                     data.UnlabeledSet(cfg["dataset"], unl, I, R, seed=cfg["seed"] + 1))
+        self.cfg, self.device = cfg, device
+
+    def draw(self, t: int) -> tuple[dict, dict, torch.Tensor]:
+        """Step t's batches (labeled, unlabeled) and boxes, on the device."""
+        out = []
+        for ds, bsz, tag in zip(self.sets, self.cfg["batch"], (1, 2)):
+            keys = next(iter(train.StepSampler(len(ds), bsz, self.cfg["seed"], tag, t, t + 1)))
+            items = [ds[k] for k in keys]
+            out.append({k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device) for k in items[0]})
+        return out[0], out[1], train.boxes(t, self.cfg["batch"][1], self.cfg["unet_size"], self.cfg["seed"]).to(self.device)
+
+    def inputs(self, steps: int) -> Inputs:
+        lbs, ubs, ms = zip(*(self.draw(t) for t in range(steps)))
+        return Inputs(list(lbs), list(ubs), list(ms))
 
 
 def count_flops(run, x: Inputs, step: int) -> int:
@@ -164,7 +225,7 @@ def count_flops(run, x: Inputs, step: int) -> int:
         custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = \
             lambda go, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(go, q, k, v)
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        synfoc.train_step(run, x.lb, x.ub, x.masks[step], step)
+        synfoc.train_step(run, *x.at(step), step)
     return counter.get_total_flops()
 
 
@@ -205,9 +266,10 @@ def timed_split(run, x: Inputs, first: int, n: int, clock: Clock) -> dict[str, f
     try:
         for t in range(first, first + n):
             a = clock.mark()
-            tg = synfoc.teach(run, x.lb, x.ub, x.masks[t], t)
+            lb, ub, m = x.at(t)
+            tg = synfoc.teach(run, lb, ub, m, t)
             b = clock.mark()
-            terms = synfoc.student_losses(run, x.lb, tg, t)
+            terms = synfoc.student_losses(run, lb, tg, t)
             c = clock.mark()
             synfoc.update(run, terms["loss"], t)
             d = clock.mark()
@@ -233,46 +295,168 @@ def compile_run(run, backend: str) -> None:
             m.compile(backend=backend, dynamic=False)
 
 
-def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
+def fine_split(run, feed, first: int, n: int, clock: Clock, count: bool = False) -> dict[str, list[float]]:
+    """The step cut into FINE parts over n steps from `first`: {part: [mean ms, FLOPs per step]}.
+
+    Module hooks mark each model call (U-Net student / teacher, SAM teacher, SAM student and its encoder);
+    what a phase spends outside its model calls is its own part (SMC..., losses). The backward ends at the
+    last gradient landing (post-accumulate-grad hooks), the EMA is timed by wrapping synfoc's EMA functions.
+    FLOPs (count=True, one extra step under FlopCounterMode): the counter's total read at the same marks."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False) if count else None
+    spans: list[tuple[str, object, object, int]] = []   # (part, start mark, end mark, FLOPs)
+    flops = lambda: counter.get_total_flops() if counter is not None else 0  # noqa: E731
+    phase = [""]
+    who = {id(run.unet): "unet", id(run.unet_t): "unet_t", id(run.sam_t): "sam_t", id(run.sam): "sam",
+           id(run.sam.image_encoder): "sam_enc"}
+    names = {("teach", "unet_t"): FINE[1], ("teach", "sam_t"): FINE[2], ("teach", "unet"): FINE[3],
+             ("students", "unet"): FINE[5], ("students", "sam_enc"): FINE[6], ("students", "sam"): FINE[7]}
+    open_calls: dict[int, tuple] = {}
+
+    def pre(module, _args):
+        open_calls[id(module)] = (clock.mark(), flops())
+
+    def post(module, _args, _out):
+        a, f0 = open_calls.pop(id(module))
+        part = names.get((phase[0], who[id(module)]))
+        if part is not None:
+            spans.append((part, a, clock.mark(), flops() - f0))
+
+    modules = [run.unet, run.unet_t, run.sam_t, run.sam, run.sam.image_encoder]
+    handles = [h for m in modules if m is not None for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    last_grad: list = [None, 0]
+    params = [p for m in (run.unet, run.sam) if m is not None for p in m.parameters() if p.requires_grad]
+    handles += [p.register_post_accumulate_grad_hook(lambda _p: last_grad.__setitem__(slice(0, 2), [clock.mark(), flops()]))
+                for p in params]
+    ema_marks: list = []
+    originals = synfoc.ema_update, synfoc.ema_foreach
+
+    def timed(fn):
+        def wrapper(*a, **k):
+            m0, f0 = clock.mark(), flops()
+            fn(*a, **k)
+            ema_marks.append((m0, clock.mark(), f0, flops()))
+        return wrapper
+    synfoc.ema_update, synfoc.ema_foreach = timed(originals[0]), timed(originals[1])
+    rows = []
+    try:
+        with counter if counter is not None else contextlib.nullcontext():
+            for t in range(first, first + n):
+                m0 = clock.mark()
+                lb, ub, m = feed(t)
+                m1, f1 = clock.mark(), flops()
+                spans.clear(); ema_marks.clear()
+                phase[0] = "teach"
+                tg = synfoc.teach(run, lb, ub, m, t)
+                m2, f2 = clock.mark(), flops()
+                phase[0] = "students"
+                terms = synfoc.student_losses(run, lb, tg, t)
+                m3, f3 = clock.mark(), flops()
+                phase[0] = "update"
+                synfoc.update(run, terms["loss"], t)
+                m4, f4 = clock.mark(), flops()
+                rows.append((m0, m1, f1, m2, f2, m3, f3, m4, f4, list(spans), list(last_grad), list(ema_marks)))
+    finally:
+        synfoc.ema_update, synfoc.ema_foreach = originals
+        for h in handles:
+            h.remove()
+    clock.sync()
+    out = {k: [0.0, 0.0] for k in FINE}
+    for m0, m1, f1, m2, f2, m3, f3, m4, f4, sp, (g, fg), emas in rows:
+        add = lambda part, a, b, f: (out[part].__setitem__(0, out[part][0] + clock.ms(a, b)),  # noqa: E731
+                                     out[part].__setitem__(1, out[part][1] + f))
+        add(FINE[0], m0, m1, 0)
+        inside = {"teach": [0.0, 0], "students": [0.0, 0]}
+        for part, a, b, f in sp:
+            add(part, a, b, f)
+            ph = "teach" if part in FINE[1:4] else "students"
+            inside[ph][0] += clock.ms(a, b)
+            inside[ph][1] += f
+        enc = sum(clock.ms(a, b) for part, a, b, f in sp if part == FINE[6])
+        enc_f = sum(f for part, a, b, f in sp if part == FINE[6])
+        out[FINE[7]][0] -= enc  # the SAM student's call includes its encoder's
+        out[FINE[7]][1] -= enc_f
+        inside["students"][0] -= enc
+        inside["students"][1] -= enc_f
+        out[FINE[4]][0] += clock.ms(m1, m2) - inside["teach"][0]
+        out[FINE[4]][1] += f2 - f1 - inside["teach"][1]
+        out[FINE[8]][0] += clock.ms(m2, m3) - inside["students"][0]
+        out[FINE[8]][1] += f3 - f2 - inside["students"][1]
+        e0, e1, ef0, ef1 = emas[0][0], emas[-1][1], emas[0][2], emas[-1][3]
+        add(FINE[9], m3, g, fg - f3)
+        add(FINE[10], g, e0, ef0 - fg)
+        add(FINE[11], e0, e1, ef1 - ef0)
+        out[FINE[10]][0] += clock.ms(e1, m4)  # GradScaler.update etc. after the EMA: optimiser bookkeeping
+    return {k: [ms / n, f / n] for k, (ms, f) in out.items()}
+
+
+def build(args: argparse.Namespace, sam_ckpt: str | None, plain: bool):
+    """(run, cfg) as train.py builds them, the plain or the optimised step, seeded alike."""
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as out:
-        cfg = train.resolve_config(train.parse_args(train_argv(args, sam_ckpt, out)))
+        argv = train_argv(argparse.Namespace(**{**vars(args), "plain": plain}), sam_ckpt, out)
+        cfg = train.resolve_config(train.parse_args(argv))
         if args.unet_size is not None:
             cfg["unet_size"] = args.unet_size
         torch.manual_seed(args.seed)
         run = synfoc.build_run(cfg, device)
-    patched = 0
     if args.fast_attn:
-        patched = sum(use_fast_attention(m) for m in (run.sam, run.sam_t) if m is not None)
-    L, U = cfg["batch"]
-    total = 1 + args.warmup + 2 * args.steps
-    x = make_inputs(run, cfg, total, device, args.seed)
-    clock = Clock(device)
+        run.fast_attn_modules = sum(use_fast_attention(m) for m in (run.sam, run.sam_t) if m is not None)
+    return run, cfg
 
-    flops = count_flops(run, x, 0)
-    if args.compile:
-        compile_run(run, args.compile_backend)
-    for t in range(1, 1 + args.warmup):
-        synfoc.train_step(run, x.lb, x.ub, x.masks[t], t)
-    first = 1 + args.warmup
+
+def timed_window(run, x: Inputs, first: int, n: int, clock: Clock) -> float:
+    """Seconds per train_step over steps [first, first + n), one device sync before and one after."""
     clock.sync()
+    t0 = time.perf_counter()
+    for t in range(first, first + n):
+        synfoc.train_step(run, *x.at(t), t)
+    clock.sync()
+    return (time.perf_counter() - t0) / n
+
+
+def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
+    device = torch.device(args.device)
+    clock = Clock(device)
+    kinds = [("plain", True), ("optimised", False)] if args.compare else [("plain" if args.plain else "optimised", args.plain)]
+    runs = {name: build(args, sam_ckpt, plain) for name, plain in kinds}
+    run, cfg = runs[kinds[-1][0]]
+    real = cfg["dataset"] == "synthetic"
+    L, U = cfg["batch"]
+    total = 1 + args.warmup + (args.windows + 2) * args.steps  # windows, the split, the parts
+    feed = RealFeed(run, cfg, device) if real else None
+    x = feed.inputs(total) if real else make_inputs(run, cfg, total, device, args.seed)
+
+    flops = count_flops(run, x, 0)  # eager, before any compilation, on the last-built (reported) run
+    for r, _ in runs.values():
+        if r is not run:
+            synfoc.train_step(r, *x.at(0), 0)  # the same step 0 for every compared run
+        if args.compile:
+            compile_run(r, args.compile_backend)
+        for t in range(1, 1 + args.warmup):
+            synfoc.train_step(r, *x.at(t), t)
+    first = 1 + args.warmup
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for t in range(first, first + args.steps):
-        synfoc.train_step(run, x.lb, x.ub, x.masks[t], t)
-    clock.sync()
-    s_step = (time.perf_counter() - t0) / args.steps
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for w in range(args.windows):  # alternate the compared runs window by window: the machine's drift hits both
+        for name, (r, _) in runs.items():
+            times[name].append(timed_window(r, x, first + w * args.steps, args.steps, clock))
+    s_step = statistics.median(times[kinds[-1][0]])
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    split = timed_split(run, x, first + args.steps, args.steps, clock)
+    last = first + args.windows * args.steps
+    split = timed_split(run, x, last, args.steps, clock)
 
     tflops = flops / s_step / 1e12
-    sam_desc = (f"MedSAM ViT-B {run.sam.image_size}" if args.sam == "medsam" else f"tiny ViT {run.sam.image_size}")
-    return {
-        "config": f"{args.dataset} | {sam_desc} | U-Net {args.unet_width} @ {cfg['unet_size']} | batch {L}+{U} | "
-                  f"amp {args.amp} | compile {args.compile_backend if args.compile else 'off'} | "
+    sam_desc = {"medsam": f"MedSAM ViT-B {run.sam.image_size}", "tiny": f"tiny ViT {run.sam.image_size}",
+                "litemedsam": f"LiteMedSAM {run.sam.image_size}"}[cfg["sam"]]
+    patched = getattr(run, "fast_attn_modules", 0)
+    result = {
+        "config": f"{args.dataset} | {sam_desc} | U-Net {cfg['unet_width']} @ {cfg['unet_size']} | batch {L}+{U} | "
+                  f"amp {cfg['amp']} | compile {args.compile_backend if args.compile else 'off'} | "
                   f"fast-attn {'on (' + str(patched) + ' modules)' if args.fast_attn else 'off'} | "
-                  f"warmup {args.warmup} steps {args.steps}",
+                  f"warmup {args.warmup} steps {args.steps}" + (f" x {args.windows} windows" if args.windows > 1 else "")
+                  + f" | {kinds[-1][0]} step" + (" | real batches" if real else ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "s/step": s_step,
         "images/s": (L + U) / s_step,
@@ -282,6 +466,14 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
         "fraction of peak": tflops / args.peak_tflops if args.peak_tflops else None,
         "split ms": split,
     }
+    if args.compare:
+        result["compare"] = {name: dict(median=statistics.median(v), windows=v) for name, v in times.items()}
+        result["speedup"] = statistics.median(times["plain"]) / s_step
+    if args.parts:
+        drawn = feed.draw if real else x.at
+        result["parts"] = {name: fine_split(r, drawn, last + args.steps, args.steps, clock, count=(name == kinds[-1][0]))
+                           for name, (r, _) in runs.items()}
+    return result
 
 
 def report(r: dict, peak_tflops: float | None) -> str:
@@ -299,9 +491,33 @@ def report(r: dict, peak_tflops: float | None) -> str:
         + (f" (of {peak_tflops:g} TFLOP/s)" if peak_tflops else " (no --peak-tflops)"),
         "split: " + " | ".join(f"{k} {v:.2f} ms" for k, v in r["split ms"].items())
         + f" | sum {sum(r['split ms'].values()):.2f} ms",
-        "json: " + json.dumps(r),
     ]
+    if "compare" in r:
+        c = r["compare"]
+        lines.append("compare: " + " | ".join(f"{k} {1e3 * v['median']:.1f} ms/step (windows "
+                                              + ", ".join(f"{1e3 * w:.0f}" for w in v["windows"]) + ")"
+                                              for k, v in c.items()) + f" | speedup {r['speedup']:.2f}x")
+    if "parts" in r:
+        lines += ["parts:", parts_table(r["parts"])]
+    lines.append("json: " + json.dumps(r))
     return "\n".join(lines)
+
+
+def parts_table(parts: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: one row per FINE part, ms per step of each compared step, FLOPs and GFLOP/s of the last."""
+    names = list(parts)
+    ref = names[-1]
+    head = "| part | " + " | ".join(f"{n} ms" for n in names) + f" | GFLOP ({ref}) | GFLOP/s ({ref}) |"
+    rows = [head, "|---|" + "---:|" * (len(names) + 2)]
+    for k in FINE:
+        ms, f = parts[ref][k]
+        rate = f"{f / 1e9 / (ms / 1e3):.0f}" if f > 0 and ms > 0 else "-"
+        rows.append(f"| {k} | " + " | ".join(f"{parts[n][k][0]:.1f}" for n in names) + f" | {f / 1e9:.2f} | {rate} |")
+    tot = {n: sum(v[0] for v in parts[n].values()) for n in names}
+    ftot = sum(v[1] for v in parts[ref].values())
+    rows.append("| **sum** | " + " | ".join(f"**{tot[n]:.1f}**" for n in names)
+                + f" | {ftot / 1e9:.2f} | {ftot / 1e9 / (tot[ref] / 1e3):.0f} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
