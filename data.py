@@ -394,13 +394,18 @@ def _check(dataset: str, data_root: str) -> None:
                   + " ".join(f"{c} {f:.3f}" for c, f in zip(p["class_names"], frac)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python data.py` (tests/test_docs.py parses the README's commands with it)."""
     ap = argparse.ArgumentParser(description="SynFoC data: dataset checks.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     ch = sub.add_parser("check", help="list cases per domain/split and decode every mask")
     ch.add_argument("--dataset", required=True, choices=list(PRESETS), help="dataset preset")
     ch.add_argument("--data-root", default="data", help="folder holding the dataset folders (default data)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         _check(args.dataset, args.data_root)
     except DataError as e:
