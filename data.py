@@ -51,7 +51,7 @@ PRESETS: dict[str, dict] = {
              "parts": [(1,)], "part_names": ["lesion"], "class_names": ["background", "lesion"],
              "strong_range": (0.1, 2.0)},
     # CPU-sized defaults (train.py reads them) so the embedded default runs in minutes on 2 cores; the choices
-    # and the runs behind them are in README "The embedded default". Paper values where they worked (SAM lr
+    # and the runs behind them are in EXPERIMENTS.md "The embedded default". Paper values where they worked (SAM lr
     # 1e-4, EMA 0.99, random class heads); departures: batch 2 + 2, 500 steps of which the first 30 % (150)
     # are a supervised burn-in, LiteMedSAM at 128 (4x fewer tokens), MedSAM's per-image min-max input scaling,
     # a width-16 U-Net with GroupNorm (batch statistics of 2 images fit no domain at evaluation).
