@@ -51,7 +51,7 @@ PRESETS: dict[str, dict] = {
              "parts": [(1,)], "part_names": ["lesion"], "class_names": ["background", "lesion"],
              "strong_range": (0.1, 2.0)},
     # CPU-sized defaults (train.py reads them) so the embedded default runs in minutes on 2 cores; the choices
-    # and the runs behind them are in README "The embedded default". Paper values where they worked (SAM lr
+    # and the runs behind them are in EXPERIMENTS.md "The embedded default". Paper values where they worked (SAM lr
     # 1e-4, EMA 0.99, random class heads); departures: batch 2 + 2, 500 steps of which the first 30 % (150)
     # are a supervised burn-in, LiteMedSAM at 128 (4x fewer tokens), MedSAM's per-image min-max input scaling,
     # a width-16 U-Net with GroupNorm (batch statistics of 2 images fit no domain at evaluation).
@@ -394,13 +394,18 @@ def _check(dataset: str, data_root: str) -> None:
                   + " ".join(f"{c} {f:.3f}" for c, f in zip(p["class_names"], frac)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python data.py` (tests/test_docs.py parses the README's commands with it)."""
     ap = argparse.ArgumentParser(description="SynFoC data: dataset checks.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     ch = sub.add_parser("check", help="list cases per domain/split and decode every mask")
     ch.add_argument("--dataset", required=True, choices=list(PRESETS), help="dataset preset")
     ch.add_argument("--data-root", default="data", help="folder holding the dataset folders (default data)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         _check(args.dataset, args.data_root)
     except DataError as e:

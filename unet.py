@@ -10,7 +10,7 @@ skip connection of the same level; a 1x1 conv head gives C class logits (softmax
 caller's business). No dropout. width 64 = the paper (31,037,763 parameters for 3 -> 3 classes);
 width 16 is the CPU preset. H and W must be divisible by 16 (four 2x poolings), e.g. 256, 288, 384.
 norm="group" swaps every BatchNorm for GroupNorm(8) (same parameter count): batch statistics of 2 images fit
-no domain at evaluation (README "The embedded default"). input_norm: "unit" (x as given, /255 by the loader),
+no domain at evaluation (EXPERIMENTS.md "The embedded default"). input_norm: "unit" (x as given, /255 by the loader),
 "minmax" (each image to [0,1] by its own range), "zscore" (each image and channel to mean 0, std 1).
 """
 import torch

@@ -179,7 +179,8 @@ def compare(label: str, unit: str, pairs: list, repeats: int, n_parts: int, with
     return not bad
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses the README's commands with it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=1000, help="number of 2D slices (0: skip 2D)")
     ap.add_argument("--volumes", type=int, default=20, help="number of 3D volumes (0: skip 3D)")
@@ -187,7 +188,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="slice side in pixels")
     ap.add_argument("--seed", type=int, default=0, help="mask generator seed")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats of ours (best is reported)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     with_medpy = importlib.util.find_spec("medpy") is not None
     if not with_medpy:
         print("medpy: not installed (pip install medpy to time it side by side and check the values)")

@@ -77,7 +77,8 @@ def pseudo_label_quality(folder: str | Path, taus: list[float] | None = None, ba
     return {d: {k: (v if k == "n" else v / r["n"]) for k, v in r.items()} for d, r in sums.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses the README's commands with it)."""
     p = argparse.ArgumentParser(description="Per-domain pseudo-label quality of a SynFoC run (see the module docstring).")
     p.add_argument("run", help="run folder (its last.pt) or a checkpoint file of a --mode synfoc run")
     p.add_argument("--tau", type=float, nargs="+", help="confidence thresholds to report kept@ / fg@ for "
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (default: cuda if present)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--json", help="also write the table as JSON to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch {args.batch}: expected at least 1 image per forward")

@@ -157,7 +157,8 @@ def markdown(results: dict, sds: dict, walls: dict, domains: list[str], title: s
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses the README's commands with it)."""
     p = argparse.ArgumentParser(description="Synthetic Table 7 (see the module docstring).")
     p.add_argument("--data-seed", type=int, default=1, help="generator seed of the synthetic set (default 1; "
                                                              "0 is the embedded default's data)")
@@ -176,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                                                "else torch's own choice)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="everything after this flag goes to every train.py call (e.g. --sam tiny for tests)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         print("error: --jobs and --threads must be >= 1", file=sys.stderr)
         return 2
