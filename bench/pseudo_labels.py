@@ -17,6 +17,10 @@ images):
     kept@tau         fraction of pixels with max P_ens >= tau (W of Eq. 7: the pixels L_u trains on)
     fg@tau           fraction of ground-truth FOREGROUND pixels (any class > 0) with max P_ens >= tau: how much
                      of the structure the unlabeled loss sees; the rest of W is background
+    bgonly@tau       fraction of the ENSEMBLE's foreground pixels (Q > 0) with max P_ens < tau: with the
+                     authors' Dice (--dice-mask fg, the default) these reach the students' gradients only
+                     through the background Dice channel (which counts every pixel and pushes them off
+                     background); with --dice-mask all they reach no gradient of L_u at all
 Printed as a table (one row per domain); --json writes {domain: {column: value}}.
 """
 from __future__ import annotations
@@ -68,6 +72,8 @@ def pseudo_label_quality(folder: str | Path, taus: list[float] | None = None, ba
             w = smc.pseudo_label(p_ens, tau)[1].flatten(1)                       # [B, S*S]  W of Eq. 7
             cols[f"kept@{tau:g}"] = w.mean(1)
             cols[f"fg@{tau:g}"] = (w * fg).sum(1) / fg.sum(1).clamp_min(1)       # images without foreground: 0
+            q_fg = (q > 0).flatten(1).float()                                    # the ensemble's foreground
+            cols[f"bgonly@{tau:g}"] = (q_fg * (1 - w)).sum(1) / q_fg.sum(1).clamp_min(1)
         for b in range(gt.shape[0]):
             j = i * batch + b
             row = sums.setdefault(names[unl[j][2] - 1], {"n": 0.0})
@@ -103,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cols = [k for k in next(iter(res.values())) if k != "n"]
-    print(f"{'domain':<10}{'n':>5}" + "".join(f"{c:>10}" for c in cols))
+    print(f"{'domain':<10}{'n':>5}" + "".join(f" {c:>11}" for c in cols))
     for d, r in res.items():
-        print(f"{d:<10}{int(r['n']):>5}" + "".join(f"{r[c]:>10.3f}" for c in cols))
+        print(f"{d:<10}{int(r['n']):>5}" + "".join(f" {r[c]:>11.3f}" for c in cols))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

@@ -36,8 +36,8 @@ teachers (`synfoc.teach`: stages 2-5), students forward + losses (`synfoc.studen
 trainable tensor) and optimisers + EMA (the rest of `synfoc.update`). The hooks cost a little, so the parts
 add up to slightly more than s/step.
 `--parts` cuts N further steps finer (FINE below; module hooks mark each model call, the EMA functions
-are wrapped, data loading is timed when batches are real) and counts each part's FLOPs in one more step
-under FlopCounterMode: a markdown table of ms per step (each compared step) with GFLOP and GFLOP/s.
+are wrapped, data loading is timed when batches are real) and counts each part's FLOPs in one more, untimed
+step under FlopCounterMode: a markdown table of ms per step (each compared step) with GFLOP and GFLOP/s.
 
 Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then the same as one JSON line:
     config, device, s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
@@ -423,7 +423,7 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
     run, cfg = runs[kinds[-1][0]]
     real = cfg["dataset"] == "synthetic"
     L, U = cfg["batch"]
-    total = 1 + args.warmup + (args.windows + 2) * args.steps  # windows, the split, the parts
+    total = 2 + args.warmup + (args.windows + 2) * args.steps  # windows, the split, the parts, the counted step
     feed = RealFeed(run, cfg, device) if real else None
     x = feed.inputs(total) if real else make_inputs(run, cfg, total, device, args.seed)
 
@@ -469,9 +469,11 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
     if args.compare:
         result["compare"] = {name: dict(median=statistics.median(v), windows=v) for name, v in times.items()}
         result["speedup"] = statistics.median(times["plain"]) / s_step
-    if args.parts:
+    if args.parts:  # timed without the FLOP counter (its hooks cost time), then one more step counted
         drawn = feed.draw if real else x.at
-        result["parts"] = {name: fine_split(r, drawn, last + args.steps, args.steps, clock, count=(name == kinds[-1][0]))
+        counted = fine_split(run, drawn, last + 2 * args.steps, 1, clock, count=True)
+        result["parts"] = {name: {k: [ms, counted[k][1]] for k, (ms, _) in
+                                  fine_split(r, drawn, last + args.steps, args.steps, clock).items()}
                            for name, (r, _) in runs.items()}
     return result
 

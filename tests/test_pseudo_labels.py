@@ -32,6 +32,7 @@ def test_ensemble_follows_the_strategy(shared_data, tmp_path, alpha, same_as):
         assert r["ens"] == pytest.approx(r[same_as], abs=1e-6), d
         assert r["alpha"] == (1.0 if alpha == "own" else 0.0)
         assert r["kept@0"] == 1.0 and r["fg@0"] == 1.0          # every pixel passes tau 0
+        assert r["bgonly@0"] == 0.0 and r["bgonly@1.01"] in (0.0, 1.0)  # none / all of the ensemble's foreground
         assert r["kept@1.01"] == 0.0 and r["fg@1.01"] == 0.0    # none passes a tau above 1
         assert r["kept@0.5"] <= 1.0 and r["fg@0.5"] <= 1.0
         for k in ("sam", "unet", "ens"):
@@ -45,11 +46,13 @@ def test_cli_table_json_and_errors(shared_data, tmp_path, capsys):
                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.strip().splitlines()
-    assert lines[0].split() == ["domain", "n", "sam", "unet", "ens", "alpha", "kept@0.95", "fg@0.95", "kept@0.7", "fg@0.7"]
+    assert lines[0].split() == ["domain", "n", "sam", "unet", "ens", "alpha", "kept@0.95", "fg@0.95", "bgonly@0.95", "kept@0.7", "fg@0.7",
+                                "bgonly@0.7"]
     res = json.loads(out.read_text())
     assert [ln.split()[0] for ln in lines[1:]] == list(res) == ["Domain2", "Domain3", "Domain4"]
     for r_ in res.values():
         assert r_["kept@0.7"] >= r_["kept@0.95"] and r_["fg@0.7"] >= r_["fg@0.95"]  # a lower tau keeps more
+        assert r_["bgonly@0.7"] <= r_["bgonly@0.95"]  # and leaves less of the ensemble's foreground unweighted
         assert 0.0 < r_["alpha"] <= 1.0  # smc: Phi_self * Phi_mut
     # a baseline run has no ensemble, a missing folder no checkpoint: one line each, exit 2, no traceback
     ck = torch.load(run / "last.pt", weights_only=True)
