@@ -59,7 +59,7 @@ def distance(a: list[dict], b: list[dict], steps: set[int]) -> dict[str, dict[st
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Optimised vs plain step: per-step losses (see the module docstring).")
     p.add_argument("--dataset", default="synthetic", help="train.py --dataset (default synthetic)")
     p.add_argument("--steps", type=int, default=60, help="training steps of each run (default 60)")
@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/step_parity", help="folder of the three runs and the report (default runs/step_parity)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="everything after this flag goes to every train.py call (e.g. --sam tiny for tests)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.steps <= args.burn_in or args.burn_in < 0 or args.threads < 1 or args.tolerance <= 0:
         p.error("need 0 <= --burn-in < --steps, --threads >= 1 and --tolerance > 0")

@@ -70,7 +70,7 @@ def _parse_bench(name):
 
 PARSERS = {"train.py": _parse_train, "evaluate.py": _parse_evaluate, "predict.py": _parse_predict,
            "data.py": _parse_data, **{f"bench/{n}.py": _parse_bench(n) for n in ("table7", "pseudo_labels", "step",
-                                                                                 "metrics")}}
+                                                                                 "metrics", "step_parity")}}
 
 
 def commands(text: str) -> list[tuple[str, list[str]]]:
