@@ -98,9 +98,14 @@ def parse_case(text: str, error=None) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else "best"
 
 
+def eager_fundus(rows: list[dict]) -> list[dict]:
+    """The successful eager fundus cases among rows."""
+    return [r for r in rows if r.get("dataset") == "fundus" and not r.get("compile") and r.get("s_step")]
+
+
 def best_eager(rows: list[dict]) -> tuple[str, str]:
     """(amp, attn) of the fastest successful eager fundus case among rows; DEFAULT_BEST when none."""
-    done = [r for r in rows if r.get("dataset") == "fundus" and not r.get("compile") and r.get("s_step")]
+    done = eager_fundus(rows)
     if not done:
         return DEFAULT_BEST
     r = min(done, key=lambda r: r["s_step"])
@@ -189,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, flops_cache, failed = [], {}, 0
     for case in a.case:
         ds, amp, attn = resolve(case, rows + earlier)
+        if ":best" in case and not eager_fundus(rows + earlier):
+            print(f"note: no eager fundus case measured (no --best-from results): {case} means "
+                  f"{':'.join(DEFAULT_BEST)}", flush=True)
         name = f"{ds}:{amp}:{attn}" + (" compiled" if a.compile else "")
         print(f"--- {case} -> {name}", flush=True)
         try:

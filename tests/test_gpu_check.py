@@ -36,7 +36,8 @@ def run_script(out: Path, timeout: int, **env) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_dry")
-    proc = run_script(out, timeout=900)
+    # caps 20x the GPU's: this checks the wiring, and a shared CPU may be slow; the test's own limit is 30 min
+    proc = run_script(out, timeout=1800, CAP_SCALE="20")
     return out, proc, json.loads((out / "gpu_report.json").read_text())
 
 
@@ -63,8 +64,9 @@ def test_dry_run_reports_what_each_section_measured(dry):
                                                "fundus:bf16:fast"]
     assert len(steps) == 5 and steps[4]["dataset"] == "prostate" and all("error" not in r for r in steps)
     assert all(len(r["ms_windows"]) == 3 and r["s_step"] > 0 and r["TFLOP_step"] > 0 for r in steps)
-    assert len(res["compile"]) == 2 and all(r["compile"] and "error" not in r for r in res["compile"])
-    assert {r["attn"] for r in res["compile"]} == {"plain", "fast"}  # best, then its other attention
+    fastest = min(steps[:4], key=lambda r: r["s_step"])   # the rehearsal compiles `fundus:best` alone
+    assert [(r["amp"], r["attn"], r["compile"]) for r in res["compile"]] == [(fastest["amp"], fastest["attn"], True)]
+    assert "error" not in res["compile"][0]
     attention = [r for r in res["parity"] if r["part"] == "attention"]
     assert [r["dtype"] for r in attention] == ["fp32", "bf16", "fp16"] and all(r["ok"] for r in attention)
     step_row = [r for r in res["parity"] if r["part"] == "steps"][0]
@@ -87,7 +89,7 @@ def test_dry_run_files_fit_what_the_device_returns(dry):
 def test_sections_switch_and_a_spent_budget(tmp_path):
     """SECTIONS=env runs env alone (the others are recorded as SKIP, said why); a spent budget skips a wanted
     section and fails the run: the script never skips silently."""
-    proc = run_script(tmp_path / "a", timeout=300, SECTIONS="env")
+    proc = run_script(tmp_path / "a", timeout=600, SECTIONS="env", CAP_SCALE="20")
     report = json.loads((tmp_path / "a" / "gpu_report.json").read_text())
     status = {s["name"]: (s["status"], s["why"]) for s in report["sections"]}
     assert proc.returncode == 0 and status["env"][0] == "PASS"
