@@ -128,8 +128,11 @@ def markdown(report: dict) -> str:
             lines += [s["why"], ""]
         for k, v in s.get("info", {}).items():
             lines.append(f"- {k}: {fmt(v)}")
-        if s.get("results"):
-            lines += [""] + table(s["results"])
+        groups: dict[tuple, list[dict]] = {}   # rows of another shape (parity: attention, steps) get their own table
+        for row in s.get("results", []):
+            groups.setdefault(tuple(flatten(row)), []).append(row)
+        for rows in groups.values():
+            lines += [""] + table(rows)
     return "\n".join(lines) + "\n"
 
 
