@@ -55,6 +55,12 @@ from sam_attention import Attention, use_fast_attention  # noqa: E402
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def batch(x, t: int) -> tuple:
+    """Step t's (labeled, unlabeled, M_S) of bench/step.py's Inputs: `x.at(t)` where it has one (main's bench/step.py
+    keeps a batch per step), else the one batch of every step and step t's mask."""
+    return x.at(t) if hasattr(x, "at") else (x.lb, x.ub, x.masks[t])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Fast vs plain attention and optimised vs plain step (module docstring).")
     p.add_argument("--csv", required=True, help="per-step losses of both runs (parity.csv)")
@@ -212,7 +218,7 @@ def step_parity(a: argparse.Namespace) -> dict:
             losses = []
             for run in (run_p, run_o):
                 torch.manual_seed(1000 + t)  # the same random stream for both, whatever the step draws
-                out = synfoc.train_step(run, x.lb, x.ub, x.masks[t], t)
+                out = synfoc.train_step(run, *batch(x, t), t)
                 losses.append([float(out[n].detach()) for n in names])   # a host sync per step: fine, nothing is timed
             lp, lo = losses
             d = abs(lo[0] - lp[0]) / max(abs(lp[0]), 1e-12)

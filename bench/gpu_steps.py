@@ -54,6 +54,12 @@ AMPS, ATTNS = ("fp16", "bf16", "off"), ("plain", "fast")
 DEFAULT_BEST = ("fp16", "fast")
 
 
+def batch(x, t: int) -> tuple:
+    """Step t's (labeled, unlabeled, M_S) of bench/step.py's Inputs: `x.at(t)` where it has one (main's bench/step.py
+    keeps a batch per step), else the one batch of every step and step t's mask."""
+    return x.at(t) if hasattr(x, "at") else (x.lb, x.ub, x.masks[t])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Time several SynFoC step configurations in one process (module docstring).")
     p.add_argument("--case", action="append", required=True, metavar="DATASET:AMP:ATTN",
@@ -155,7 +161,7 @@ def measure(a: argparse.Namespace, ds: str, amp: str, attn: str, flops_cache: di
         bench_step.compile_run(run, args.compile_backend)
     t0 = time.perf_counter()
     for t in range(1, 1 + args.warmup):
-        synfoc.train_step(run, x.lb, x.ub, x.masks[t], t)
+        synfoc.train_step(run, *batch(x, t), t)
     clock.sync()
     warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
@@ -165,7 +171,7 @@ def measure(a: argparse.Namespace, ds: str, amp: str, attn: str, flops_cache: di
         clock.sync()
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            synfoc.train_step(run, x.lb, x.ub, x.masks[t], t)
+            synfoc.train_step(run, *batch(x, t), t)
             t += 1
         clock.sync()
         windows.append((time.perf_counter() - t0) / args.steps)

@@ -190,3 +190,12 @@ def test_sdpa_log_names_the_kernel_that_ran():
     with gpu_parity.SdpaLog() as log:
         (q @ q.transpose(-1, -2)).softmax(-1) @ q
     assert not log.ops
+
+
+def test_batch_reads_both_forms_of_bench_step_inputs():
+    """One batch for every step (this bench/step.py) or a batch per step with .at(t) (main's): both work."""
+    from types import SimpleNamespace as NS
+    one = NS(lb="L", ub="U", masks=["m0", "m1"])
+    per_step = NS(at=lambda t: (f"L{t}", f"U{t}", f"m{t}"))
+    for helper in (gpu_steps.batch, gpu_parity.batch):
+        assert helper(one, 1) == ("L", "U", "m1") and helper(per_step, 1) == ("L1", "U1", "m1")
