@@ -1,5 +1,5 @@
-"""bench/step.py: the random MedSAM-shaped checkpoint, the reduced CPU run and its printed fields, and
-(on a GPU only) one train_step under torch.cuda.set_sync_debug_mode("error").
+"""bench/step.py: the random MedSAM-shaped checkpoint, the reduced CPU run and its printed fields, and (on a GPU
+only) the reduced run there. The whole optimised step under set_sync_debug_mode("error"): tests/test_no_sync.py.
 
     nice -n 19 python -m pytest -q tests/test_bench_step.py
 """
@@ -14,12 +14,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import step as bench_step  # noqa: E402  (bench/step.py)
 
-import synfoc  # noqa: E402
-import train  # noqa: E402
 from checkpoint import TINY_SAM  # noqa: E402
 from medsam_lora import build_sam  # noqa: E402
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.cuda  # tests/conftest.py skips it without a GPU; bench/gpu_check.sh runs -m cuda
 FIELDS = ["config", "device", "s/step", "images/s", "peak memory", "FLOPs/step", "TFLOP/s", "fraction of peak",
           "split", "json"]
 
@@ -112,29 +110,6 @@ def test_compile_flag_traces(capsys):
 
 
 # ----------------------------------------------------------------------------- CUDA only
-
-@cuda
-def test_cuda_train_step_never_syncs_the_host():
-    """One train_step of the reduced config on the GPU (bf16: the fp16 GradScaler's found-inf check is a
-    sync of its own unless the optimisers are fused) under set_sync_debug_mode("error")."""
-    args = bench_step.parse_args(["--device", "cuda", "--sam", "tiny", "--unet-width", "8", "--unet-size", "64",
-                                  "--batch", "2", "2", "--amp", "bf16", "--fast-attn"])
-    import tempfile
-    with tempfile.TemporaryDirectory() as out:
-        cfg = train.resolve_config(train.parse_args(bench_step.train_argv(args, None, out)))
-        cfg["unet_size"] = args.unet_size
-        run = synfoc.build_run(cfg, torch.device("cuda"))
-    from sam_attention import use_fast_attention
-    assert use_fast_attention(run.sam) + use_fast_attention(run.sam_t) == 4
-    x = bench_step.make_inputs(run, cfg, 2, torch.device("cuda"), 0)
-    synfoc.train_step(run, x.lb, x.ub, x.masks[0], 0)  # lazy initialisation (cuBLAS handles...) may sync once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        synfoc.train_step(run, x.lb, x.ub, x.masks[1], 1)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
 
 @cuda
 def test_cuda_reduced_bench(capsys):

@@ -20,7 +20,7 @@ from medsam_lora import LoRAQKV, build_sam, make_teacher
 
 SMALL = dict(image_size=64, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,))
 PADDED = dict(SMALL, window_size=3)  # grid 4 is padded to 6 before windowing
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.cuda  # tests/conftest.py skips it without a GPU; bench/gpu_check.sh runs -m cuda
 
 
 def randomized(config: dict, seed: int = 0):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import smc
 
 FUNDUS_PARTS = [(1,), (1, 2)]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]  # cuda: skipped without a GPU (conftest.py)
 
 
 def ref_agreement(a, b, parts):

@@ -240,7 +240,7 @@ def test_seed_reaches_sam_heads():
     assert all(not torch.equal(ka[k], kb[k]) for k in heads)
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_gradients_reach_students_never_teachers(device, amp):
     """The real step: L_c + L_d reach both students; nothing reaches a teacher or a frozen encoder weight."""

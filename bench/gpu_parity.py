@@ -1,0 +1,261 @@
+"""Parity at the paper's size: fast vs plain SAM attention on ViT-B at 512, and the optimised vs the plain step.
+
+    python3 bench/gpu_parity.py --sam-ckpt /tmp/medsam_random.pth --csv parity.csv --results parity.jsonl
+    python3 bench/gpu_parity.py --sam-ckpt CKPT --csv parity.csv --results p.jsonl --steps 30 --amp fp16 --compile
+    nice -n 19 python bench/gpu_parity.py --tiny --csv /tmp/parity.csv --results /tmp/p.jsonl   # CPU rehearsal
+
+1. Attention (`attention` rows). The whole prompt-free SamSeg (MedSAM ViT-B at 512, random weights with
+   nonzero LoRA B matrices and N(0, 0.5²) relative-position tables, every parameter trainable), batch 2,
+   upstream attention vs sam_attention.use_fast_attention, in fp32, bf16 and fp16 autocast: the logits and
+   the gradient of every parameter of loss = mean(logits²). This size is what the tiny CPU tests cannot
+   reach: 14-token windows padded to 42 (32 tokens a side), 1024-token global blocks. Rule (that of
+   tests/test_sam_attention.py): fp32: logits within 1e-4 (relative norm) and every gradient within 1e-4 of
+   upstream (cuDNN TF32 off); bf16 / fp16: against upstream's fp32 result, the fast path's error at most
+   2x upstream's own error in that dtype + 0.05 for the logits and every gradient, and the whole gradient
+   vector within 2x + 0.01. The SDPA kernels that actually ran are recorded (the aten ops seen by a
+   dispatch mode during the fast forward and backward: _scaled_dot_product_efficient_attention,
+   _flash_attention, _cudnn_attention, _flash_attention_for_cpu; none seen = the math fallback).
+2. Steps (`steps` row, --csv). Two runs built from the same seed and checkpoint, `--steps` train_steps on
+   identical inputs (bench/step.py's random batches, one copy-paste mask per step, each step reseeded):
+   the PLAIN step (train.py --plain: foreach optimisers, NCHW, the EMA loop, upstream attention, eager)
+   and the OPTIMISED one (the default: fused optimisers on CUDA, channels_last, the foreach EMA, plus
+   --fast-attn; --compile adds torch.compile). parity.csv holds every step's five loss terms of both and
+   the relative difference of the total; the row states the divergence: the step-0 difference (the same
+   weights: only kernel rounding), the median and the largest over the steps, and the relative distance
+   of the final student weights. Rule: every loss finite, step 0 within 1e-2 (1e-4 with --amp off), the
+   median within 5e-2 (the runs are chaotic, as any two trainings that differ in rounding: this bounds
+   the drift, it does not ask for equality). The plain step may synchronise (it is the reference).
+Each part appends its JSON line to --results the moment it ends; exit 1 when a rule fails.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))           # bench/step.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # the project's flat scripts
+
+import step as bench_step  # noqa: E402
+import synfoc  # noqa: E402
+import train  # noqa: E402
+from checkpoint import TINY_SAM  # noqa: E402
+from medsam_lora import LoRAQKV, build_sam  # noqa: E402
+from sam_attention import Attention, use_fast_attention  # noqa: E402
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def batch(x, t: int) -> tuple:
+    """Step t's (labeled, unlabeled, M_S) of bench/step.py's Inputs: `x.at(t)` where it has one (main's bench/step.py
+    keeps a batch per step), else the one batch of every step and step t's mask."""
+    return x.at(t) if hasattr(x, "at") else (x.lb, x.ub, x.masks[t])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Fast vs plain attention and optimised vs plain step (module docstring).")
+    p.add_argument("--csv", required=True, help="per-step losses of both runs (parity.csv)")
+    p.add_argument("--results", required=True, help="JSON-lines file, one line per part, appended as each ends")
+    p.add_argument("--sam-ckpt", help="MedSAM-format state dict (bench/step.py --write-ckpt) for the step runs")
+    p.add_argument("--steps", type=int, help="train_steps of each run (default 30; 3 with --tiny)")
+    p.add_argument("--amp", default="fp16", choices=["fp16", "bf16", "off"], help="the step runs' autocast (default fp16, the paper's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the optimised run too (default: eager)")
+    p.add_argument("--dataset", default="fundus", choices=bench_step.DATASETS, help="step runs' preset (default fundus)")
+    p.add_argument("--batch", type=int, default=2, help="attention part: images (default 2)")
+    p.add_argument("--parts", nargs="+", default=["attention", "steps"], choices=["attention", "steps"],
+                   help="which parts to run (default both)")
+    p.add_argument("--tiny", action="store_true", help="the tiny ViT at 64 px and bench/step.py's reduced step (CPU rehearsal)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    a = p.parse_args(argv)
+    a.steps = a.steps or (3 if a.tiny else 30)
+    a.device = "cpu" if a.tiny or not torch.cuda.is_available() else "cuda"
+    return a
+
+
+def append(path: str, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
+    """‖a − b‖ / max(‖b‖, floor), b the reference (the floor keeps gradients that are zero in exact arithmetic
+    from dividing rounding noise by rounding noise)."""
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(floor))
+
+
+# ----------------------------------------------------------------------------- 1. attention
+
+class SdpaLog(TorchDispatchMode):
+    """Names of the scaled-dot-product aten ops that ran (forward and backward), i.e. the SDPA backend."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket.__name__)
+        if "scaled_dot_product" in name or "attention_backward" in name:
+            self.ops.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+def randomized_sam(tiny: bool, seed: int) -> torch.nn.Module:
+    """SamSeg with nonzero LoRA B and random rel-pos tables (both start at 0), every parameter trainable."""
+    model = build_sam("medsam", 3, None, 4, **(TINY_SAM if tiny else {}))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRAQKV):
+                m.b_q.copy_(torch.randn(m.b_q.shape, generator=g) * 0.2)
+                m.b_v.copy_(torch.randn(m.b_v.shape, generator=g) * 0.2)
+            if isinstance(m, Attention):
+                m.rel_pos_h.copy_(torch.randn(m.rel_pos_h.shape, generator=g) * 0.5)
+                m.rel_pos_w.copy_(torch.randn(m.rel_pos_w.shape, generator=g) * 0.5)
+    return model.requires_grad_(True)
+
+
+def attention_parity(a: argparse.Namespace) -> list[dict]:
+    dev = torch.device(a.device)
+    ref = randomized_sam(a.tiny, a.seed).to(dev)
+    fast = copy.deepcopy(ref)
+    patched = use_fast_attention(fast)
+    size = ref.image_size
+    x = torch.rand(a.batch, 3, size, size, generator=torch.Generator().manual_seed(a.seed + 3)).to(dev)
+
+    def run(model, low, log=None):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=low or torch.bfloat16, enabled=low is not None):
+            if log is None:
+                y = model(x).float()
+                y.square().mean().backward()
+            else:
+                with log:
+                    y = model(x).float()
+                    y.square().mean().backward()
+        return y.detach(), {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    rows = []
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # cuDNN convolutions default to TF32
+        y32, g32 = run(ref, None)
+        floor = 1e-3 * max(float(g.norm()) for g in g32.values())
+        flat = lambda g: torch.cat([g[n].flatten() for n in g32])  # noqa: E731
+        for name, low in DTYPES.items():
+            t0 = time.perf_counter()
+            log = SdpaLog()
+            yr, gr = (y32, g32) if low is None else run(ref, low)
+            yf, gf = run(fast, low, log)
+            out_fast, out_plain = rel_err(yf, y32), rel_err(yr, y32)
+            grad_fast = {n: rel_err(gf[n], g32[n], floor) for n in g32}
+            grad_plain = {n: rel_err(gr[n], g32[n], floor) for n in g32}
+            worst = max(g32, key=lambda n: grad_fast[n] - 2 * grad_plain[n])
+            if low is None:
+                ok = out_fast < 1e-4 and max(grad_fast.values()) < 1e-4
+            else:
+                ok = (out_fast <= 2 * out_plain + 0.05
+                      and rel_err(flat(gf), flat(g32)) <= 2 * rel_err(flat(gr), flat(g32)) + 0.01
+                      and all(grad_fast[n] <= 2 * grad_plain[n] + 0.05 for n in g32))
+            row = {"part": "attention", "dtype": name, "ok": ok,
+                   "model": f"SamSeg {'tiny ViT' if a.tiny else 'ViT-B'} {size}, batch {a.batch}, {patched} attentions patched",
+                   "sdpa_ops": sorted(log.ops) or ["none: math fallback"],
+                   "logits_err_fast": out_fast, "logits_err_plain": out_plain,
+                   "grads_err_fast": rel_err(flat(gf), flat(g32)), "grads_err_plain": rel_err(flat(gr), flat(g32)),
+                   "worst_param": worst, "worst_err_fast": grad_fast[worst], "worst_err_plain": grad_plain[worst],
+                   "seconds": round(time.perf_counter() - t0, 2)}
+            rows.append(row)
+            append(a.results, row)
+            print(f"attention {name}: {'ok' if ok else 'FAIL'}; SDPA {row['sdpa_ops']}; vs fp32 upstream: logits "
+                  f"fast {out_fast:.3g} plain {out_plain:.3g}; grads fast {row['grads_err_fast']:.3g} plain "
+                  f"{row['grads_err_plain']:.3g}; worst {worst} {grad_fast[worst]:.3g} (plain {grad_plain[worst]:.3g})",
+                  flush=True)
+    del ref, fast
+    return rows
+
+
+# ----------------------------------------------------------------------------- 2. steps
+
+def build(a: argparse.Namespace, plain: bool, out: str) -> tuple[synfoc.Run, dict]:
+    args = bench_step.parse_args(["--dataset", a.dataset, "--amp", a.amp, "--seed", str(a.seed), "--device", a.device]
+                                 + (["--sam", "tiny"] if a.tiny else []))
+    ckpt = a.sam_ckpt if args.sam == "medsam" else None
+    if args.sam == "medsam" and not ckpt:
+        raise SystemExit("--sam-ckpt is needed for MedSAM ViT-B (write one: python bench/step.py --write-ckpt PATH)")
+    argv = bench_step.train_argv(args, ckpt, out) + (["--plain"] if plain else ["--fast-attn"])
+    argv += ["--compile"] if (a.compile and not plain) else []
+    cfg = train.resolve_config(train.parse_args(argv))
+    if args.unet_size is not None:
+        cfg["unet_size"] = args.unet_size
+    torch.manual_seed(a.seed)
+    return synfoc.build_run(cfg, torch.device(a.device)), cfg
+
+
+def weights(run: synfoc.Run) -> torch.Tensor:
+    return torch.cat([p.detach().float().flatten() for p in [*run.unet.parameters(), *run.sam.trainable_parameters()]])
+
+
+def step_parity(a: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        run_p, cfg = build(a, True, out)
+        run_o, _ = build(a, False, out)
+    w0 = weights(run_p)
+    assert torch.equal(w0, weights(run_o)), "the two runs must start from the same weights"
+    x = bench_step.make_inputs(run_p, cfg, a.steps, torch.device(a.device), a.seed)
+    names = list(synfoc.LOSS_NAMES)
+    diffs, bad = [], []
+    t0 = time.perf_counter()
+    with open(a.csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step"] + [f"{n}_plain" for n in names] + [f"{n}_optimised" for n in names] + ["loss_rel_diff"])
+        for t in range(a.steps):
+            losses = []
+            for run in (run_p, run_o):
+                torch.manual_seed(1000 + t)  # the same random stream for both, whatever the step draws
+                out = synfoc.train_step(run, *batch(x, t), t)
+                losses.append([float(out[n].detach()) for n in names])   # a host sync per step: fine, nothing is timed
+            lp, lo = losses
+            d = abs(lo[0] - lp[0]) / max(abs(lp[0]), 1e-12)
+            diffs.append(d)
+            bad += [t] if not all(map(lambda v: v == v and abs(v) != float("inf"), lp + lo)) else []
+            w.writerow([t] + [f"{v:.8g}" for v in lp + lo] + [f"{d:.3e}"])
+            f.flush()   # a kill at the cap keeps the steps done
+    wp, wo = weights(run_p), weights(run_o)
+    tol0 = 1e-4 if a.amp == "off" else 1e-2
+    row = {"part": "steps", "steps": a.steps, "amp": a.amp, "dataset": a.dataset,
+           "plain": "foreach optimisers, NCHW, EMA loop, upstream attention, eager",
+           "optimised": f"{'fused' if a.device == 'cuda' else 'foreach (CPU)'} optimisers, channels_last, foreach EMA, "
+                        f"fast attention, {'compiled' if a.compile else 'eager'}",
+           "step0_rel_diff": diffs[0], "median_rel_diff": statistics.median(diffs), "max_rel_diff": max(diffs),
+           "max_at_step": diffs.index(max(diffs)), "final_weights_rel_dist": rel_err(wo, wp),
+           "weights_moved_rel": rel_err(wp, w0), "non_finite_steps": bad,
+           "ok": not bad and diffs[0] <= tol0 and statistics.median(diffs) <= 5e-2,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    append(a.results, row)
+    print(f"steps: {'ok' if row['ok'] else 'FAIL'}; loss relative difference plain vs optimised: step 0 "
+          f"{diffs[0]:.3g}, median {row['median_rel_diff']:.3g}, max {row['max_rel_diff']:.3g} (step "
+          f"{row['max_at_step']}); final weights {row['final_weights_rel_dist']:.3g} apart (they moved "
+          f"{row['weights_moved_rel']:.3g} from the start); non-finite at {bad}", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    ok = True
+    if "attention" in a.parts:
+        ok &= all(r["ok"] for r in attention_parity(a))
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+    if "steps" in a.parts:
+        ok &= step_parity(a)["ok"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

