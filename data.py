@@ -1,11 +1,19 @@
-"""Datasets of SynFoC: presets, readers for the four public layouts, torch datasets (augmentations: transforms.py).
+"""Datasets of SynFoC: the one reader of every dataset description (presets and dataset.json), torch datasets
+(augmentations: transforms.py).
 
-Commands (the synthetic set is written by synthetic.py):
-    python data.py check --dataset fundus --data-root data      # list cases, decode every mask
+Commands (the synthetic set is written by synthetic.py; check/init: dataset_check.py; slice: nifti.py):
+    python data.py check --dataset fundus --data-root data      # cases, class fractions, sizes, every problem
+    python data.py check --dataset path/to/my_set               # a folder holding dataset.json
+    python data.py init path/to/my_set                          # write dataset.json from what is there
+    python data.py slice --images vols/ --labels labs/ --out my_set/siteA/train --skip-empty   # NIfTI -> 2D
 
-A dataset lives in `<data-root>/<folder>` (PRESETS[name]["folder"]): data/Fundus, data/ProstateSlice,
-data/mnms, data/Dataset_BUSI_with_GT, data/synthetic (Fundus layout). See README section "Datasets".
-Masks are decoded once, here (`decode_mask`); everything downstream sees int64 class ids, 0 = background.
+A dataset is a description (dataset_spec.py; fields in docs/datasets.md): the presets are code-held ones
+(dataset_spec.DESCRIPTIONS, validated into PRESETS) living in `<data-root>/<folder>`: data/Fundus,
+data/ProstateSlice, data/mnms, data/Dataset_BUSI_with_GT, data/synthetic (Fundus layout); any other set is a
+folder with its own dataset.json, and `spec(name_or_folder)` gives either. Every function here takes that
+name or folder as `dataset`. See README section "Datasets".
+Masks are decoded once, here (`decode_mask`, by the description's "mask" field); everything downstream sees
+int64 class ids, 0 = background.
 Train items are augmented once at W = max(I, S) and then resized to the SAM size I (3 channels) and the
 U-Net size S (in_channels); labels go to R and S by nearest. Every random draw of a train item comes from
 np.random.default_rng([seed, index, draw]) so a resumed run sees the same samples.
@@ -24,60 +32,11 @@ import torch
 from PIL import Image
 
 # DataError lives in dataset_spec.py (the descriptions need it too); data.DataError is the same class.
-from dataset_spec import DESCRIPTIONS, DataError, load_file, validate  # noqa: F401
+from dataset_spec import (DESCRIPTIONS, PRESETS, DataError, display_name, layout_help, register,  # noqa: F401
+                          spec, validate)
 from transforms import resize_image, resize_label, strong_augment, to_input, weak_augment
 
-
-
-# The public presets: the code-held descriptions of dataset_spec.DESCRIPTIONS, validated like any dataset.json.
-# "layout" only names the folder layout a preset shares (synthetic is written in the Fundus layout).
-PRESETS: dict[str, dict] = {name: dict(validate(d, f"preset {name}"), layout="fundus" if name == "synthetic" else name)
-                            for name, d in DESCRIPTIONS.items()}
-_REGISTERED: dict[str, dict] = {}   # specs carried by checkpoints (register), by the name they were trained as
-_FILE_CACHE: dict[tuple, dict] = {}  # (dataset.json path, mtime, size) -> spec: readers call spec() per item
-
-
-def register(name: str, description: dict) -> dict:
-    """Make `name` resolve to `description` (a checkpoint's carried dataset description), so predict.py and
-    evaluate.py need no dataset.json; the folder (when it exists) is still where evaluate.py reads the data."""
-    p = validate(description, f"the checkpoint's dataset description of {name}")
-    p.update(root=name, folder=Path(name).name, layout="custom")
-    _REGISTERED[name] = p
-    return p
-
-
-def spec(dataset: str) -> dict:
-    """The spec (dataset_spec.validate's flat dict) of a preset name, a registered name, or a folder holding
-    dataset.json (a dataset.json path works too). DataError naming the flag or the file otherwise."""
-    if dataset in PRESETS:
-        return PRESETS[dataset]
-    if dataset in _REGISTERED:
-        return _REGISTERED[dataset]
-    path = Path(str(dataset))
-    file = path / "dataset.json" if path.is_dir() else path
-    if not (path.is_dir() or (path.suffix == ".json" and path.is_file())):
-        raise DataError(f"--dataset {dataset!r}: expected one of {', '.join(PRESETS)} or a folder holding "
-                        "dataset.json (docs/datasets.md)")
-    try:
-        st = file.stat()
-        key = (str(file.resolve()), st.st_mtime_ns, st.st_size)
-    except OSError:
-        key = None
-    if key is None or key not in _FILE_CACHE:
-        p = dict(load_file(path), layout="custom")
-        if key is None:
-            return p
-        _FILE_CACHE[key] = p
-    return _FILE_CACHE[key]
-
-
 _preset = spec  # the readers' old name
-
-
-def display_name(dataset: str) -> str:
-    """How messages name a dataset: the preset name, or the dataset.json's "name" / folder name."""
-    p = spec(dataset)
-    return dataset if dataset in PRESETS else (p["name"] or p["folder"] or str(dataset))
 
 
 def _check_domain(p: dict, domain: int) -> None:
@@ -86,30 +45,6 @@ def _check_domain(p: dict, domain: int) -> None:
 
 
 # ----------------------------------------------------------------------------- readers
-def _brace(names: list[str]) -> str:
-    """Domain folder names as a shell-like pattern: Domain{1..4} for a numbered run, {a,b,c} otherwise."""
-    m = [re.fullmatch(r"(.*?)(\d+)", n) for n in names]
-    if len(names) > 1 and all(m) and len({x[1] for x in m}) == 1:
-        nums = [int(x[2]) for x in m]
-        if nums == list(range(nums[0], nums[0] + len(nums))):
-            return f"{m[0][1]}{{{nums[0]}..{nums[-1]}}}"
-    return "{" + ",".join(names) + "}" if len(names) > 1 else names[0]
-
-
-def layout_help(p: dict, root: str = "<root>") -> str:
-    """Where the files of a spec live, in one line."""
-    img = "" if p["images"] == "." else p["images"] + "/"
-    msk = "" if p["masks"] == "." else p["masks"] + "/"
-    base = f"{root}/{_brace(p['domains'])}/" + ("{train,test}/" if p["split"] == "folders" else "")
-    if img and msk and img.split("/")[:-2] == msk.split("/")[:-2] and img.rsplit("/", 2)[-2:-1] != msk.rsplit("/", 2)[-2:-1]:
-        head = img.rsplit("/", 2)[0] + "/" if img.count("/") > 1 else ""
-        where = f"{base}{head}{{{img.rstrip('/').split('/')[-1]},{msk.rstrip('/').split('/')[-1]}}}/<name>{p['image_ext']}"
-    else:
-        where = f"{base}{img}<name>{p['image_ext']} with {base}{msk}<name>{p['mask_suffix']}.png"
-    return where + (f" [{p['mask_suffix']}_<k>.png ...]" if p["extra_masks"] else "") + \
-        ("" if p["split"] == "folders" else f" (split rule: {p['split']})")
-
-
 def check_root(dataset: str, root: str | Path) -> None:
     """DataError unless `root` (the dataset's own folder) exists and holds every domain folder."""
     p, root = _preset(dataset), Path(root)

@@ -10,13 +10,15 @@ descriptions DESCRIPTIONS below, in exactly the schema of a dataset.json (plus "
 domains, class_names, num_classes, in_channels, unet_size, parts (tuples of class ids), part_names, mask,
 split, layout fields, volume_rule, intensity, strong_range and the training defaults (steps, labeled, batch,
 ...), plus "description" (the raw JSON, defaults filled: what a checkpoint carries so predict.py and
-evaluate.py rebuild the dataset without the folder's dataset.json). A wrong field is one DataError line
+evaluate.py rebuild the dataset without the folder's dataset.json). spec(name_or_folder) resolves a preset, a
+description a checkpoint carried (register), or a folder's dataset.json (cached by mtime: readers ask per item). A wrong field is one DataError line
 naming the file and the field, e.g. `my_set/dataset.json: field "mask.values": key "x" is not a pixel value`.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -263,3 +265,74 @@ def load_file(path: str | Path) -> dict:
     spec["root"] = str(file.parent)
     spec["folder"] = spec["folder"] or file.parent.name
     return spec
+
+
+# The public presets: the code-held descriptions of dataset_spec.DESCRIPTIONS, validated like any dataset.json.
+# "layout" only names the folder layout a preset shares (synthetic is written in the Fundus layout).
+PRESETS: dict[str, dict] = {name: dict(validate(d, f"preset {name}"), layout="fundus" if name == "synthetic" else name)
+                            for name, d in DESCRIPTIONS.items()}
+_REGISTERED: dict[str, dict] = {}   # specs carried by checkpoints (register), by the name they were trained as
+_FILE_CACHE: dict[tuple, dict] = {}  # (dataset.json path, mtime, size) -> spec: readers call spec() per item
+
+
+def register(name: str, description: dict) -> dict:
+    """Make `name` resolve to `description` (a checkpoint's carried dataset description), so predict.py and
+    evaluate.py need no dataset.json; the folder (when it exists) is still where evaluate.py reads the data."""
+    p = validate(description, f"the checkpoint's dataset description of {name}")
+    p.update(root=name, folder=Path(name).name, layout="custom")
+    _REGISTERED[name] = p
+    return p
+
+
+def spec(dataset: str) -> dict:
+    """The spec (dataset_spec.validate's flat dict) of a preset name, a registered name, or a folder holding
+    dataset.json (a dataset.json path works too). DataError naming the flag or the file otherwise."""
+    if dataset in PRESETS:
+        return PRESETS[dataset]
+    if dataset in _REGISTERED:
+        return _REGISTERED[dataset]
+    path = Path(str(dataset))
+    file = path / "dataset.json" if path.is_dir() else path
+    if not (path.is_dir() or (path.suffix == ".json" and path.is_file())):
+        raise DataError(f"--dataset {dataset!r}: expected one of {', '.join(PRESETS)} or a folder holding "
+                        "dataset.json (docs/datasets.md)")
+    try:
+        st = file.stat()
+        key = (str(file.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is None or key not in _FILE_CACHE:
+        p = dict(load_file(path), layout="custom")
+        if key is None:
+            return p
+        _FILE_CACHE[key] = p
+    return _FILE_CACHE[key]
+
+
+def _brace(names: list[str]) -> str:
+    """Domain folder names as a shell-like pattern: Domain{1..4} for a numbered run, {a,b,c} otherwise."""
+    m = [re.fullmatch(r"(.*?)(\d+)", n) for n in names]
+    if len(names) > 1 and all(m) and len({x[1] for x in m}) == 1:
+        nums = [int(x[2]) for x in m]
+        if nums == list(range(nums[0], nums[0] + len(nums))):
+            return f"{m[0][1]}{{{nums[0]}..{nums[-1]}}}"
+    return "{" + ",".join(names) + "}" if len(names) > 1 else names[0]
+
+
+def layout_help(p: dict, root: str = "<root>") -> str:
+    """Where the files of a spec live, in one line (for error messages)."""
+    base = f"{root}/{_brace(p['domains'])}/" + ("{train,test}/" if p["split"] == "folders" else "")
+    (ip, il), (mp, ml) = os.path.split(p["images"]), os.path.split(p["masks"])
+    if "." not in (p["images"], p["masks"]) and ip == mp and il != ml:  # e.g. ROIs/{image,mask}
+        where = f"{base}{ip + '/' if ip else ''}{{{il},{ml}}}/<name>{p['image_ext']}"
+    else:
+        img, msk = ("" if d == "." else d + "/" for d in (p["images"], p["masks"]))
+        where = f"{base}{img}<name>{p['image_ext']} with {base}{msk}<name>{p['mask_suffix']}.png"
+    return where + (f" [{p['mask_suffix']}_<k>.png ...]" if p["extra_masks"] else "") + \
+        ("" if p["split"] == "folders" else f" (split rule: {p['split']})")
+
+
+def display_name(dataset: str) -> str:
+    """How messages name a dataset: the preset name, or the dataset.json's "name" / folder name."""
+    p = spec(dataset)
+    return dataset if dataset in PRESETS else (p["name"] or p["folder"] or str(dataset))

@@ -18,11 +18,12 @@ one of prediction and ground truth empty -> Dice = Jaccard = 0, HD95 = ASD = 100
 Jaccard = 1, HD95 = ASD = 0. Aggregation: mean over the slices of each domain, then the unweighted mean
 over domains; the headline number is the mean over parts of the domain-averaged Dice.
 
---per-volume (prostate and M&Ms only): the slices are grouped into their volume by the case id in the file
-name (data.volume_id: prostate `<case>_<slice>.png`, M&Ms `<case:3 digits><slice:3 digits>.png`; a name
-that does not follow the rule is a one-line error), stacked in slice order at S x S, and the same four
-metrics are computed in 3D per volume, in VOXEL units (spacing 1 on every axis: the PNG slices carry no
-spacing, so HD95 / ASD are not millimetres). The per-volume table is printed after the per-slice one;
+--per-volume (prostate, M&Ms, and any set with a "volume_rule", as data.py slice writes): the slices are
+grouped into their volume by the case id in the file name (data.volume_id: prostate `<case>_<slice>.png`,
+M&Ms `<case:3 digits><slice:3 digits>.png`, sliced sets `<case>_<slice>.png`; a name that does not follow the
+rule is a one-line error), stacked in slice order at S x S, and the same four metrics are computed in 3D per
+volume: HD95 / ASD in MILLIMETRES where the split folder holds the volumes.json of data.py slice (its voxel
+spacing, scaled to S x S), else in VOXEL units (spacing 1: the authors' PNG slices carry no spacing). The per-volume table is printed after the per-slice one;
 mean over the volumes of each domain, then over domains.
 
 Several checkpoints or run folders (e.g. one per seed): each is evaluated as above (its own output folder),

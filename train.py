@@ -5,6 +5,8 @@ Commands
     python train.py --dataset fundus --domain 1                # paper setting (GPU): MedSAM ViT-B at 512
     python train.py --dataset prostate --domain 4 --sam-ckpt /path/medsam_vit_b.pth
     python train.py --dataset busi --domain 1 --labeled-ratio 0.25
+    python train.py --dataset path/to/my_set --domain 2       # your own set: a folder holding dataset.json
+    python train.py --dataset fundus --domain 1 --tensorboard # + TensorBoard events in runs/<name>/tb (tblog.py)
     python train.py --dataset prostate --domain 1 --mode unet  # Table 7 "Base U-Net" (Mean Teacher + intermediate samples)
     python train.py --dataset prostate --domain 1 --mode medsam   # Table 7 "Base MedSAM"
     python train.py --dataset fundus --domain 1 --mode suponly    # "SupOnly": labeled images only, U-Net
@@ -27,6 +29,9 @@ run; tested on CPU). metrics.csv columns: loss, L_x, L_u, L_c, L_d (with --reg c
 logged as L_c), λ, mean α, Φself, Φmut, the pseudo-label mask ratio and the Dice of the SAM-teacher,
 U-Net-teacher and ensemble pseudo-labels against the unlabeled ground truth (paper Fig. 6), and the wall
 seconds per step (evaluation excluded); a column a mode or a burn-in step does not compute is 0.
+A dataset.json set (docs/datasets.md) is its own data root; its "train" field gives the defaults the flags
+override, and config.json / the checkpoints carry its whole description (dataset_description), so evaluate.py
+and predict.py (also on NIfTI volumes, with the set's intensity rule) work without the folder's dataset.json.
 """
 from __future__ import annotations
 

@@ -10,13 +10,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 import data
 import dataset_check
 import evaluate
 import metrics
-import predict
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,3 +272,11 @@ def test_tensorboard_missing_is_one_line(tmp_path, shared_data, monkeypatch):
         train.train(["--dataset", "fundus", "--data-root", str(shared_data), "--labeled", "1", "--sam", "tiny",
                      "--unet-width", "4", "--steps", "1", "--device", "cpu", "--tensorboard", "--out",
                      str(tmp_path / "r")])
+
+
+def test_no_nibabel_or_tensorboard_needed_without_them():
+    code = ("import sys; sys.modules['nibabel'] = None; sys.modules['tensorboard'] = None; "
+            "sys.modules['torch.utils.tensorboard'] = None; import train, evaluate, predict, data, nifti, tblog; "
+            "import dataset_check; data.spec('fundus')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1000:]
