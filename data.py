@@ -36,8 +36,6 @@ from dataset_spec import (DESCRIPTIONS, PRESETS, DataError, display_name, layout
                           spec, validate)
 from transforms import resize_image, resize_label, strong_augment, to_input, weak_augment
 
-_preset = spec  # the readers' old name
-
 
 def _check_domain(p: dict, domain: int) -> None:
     if not (isinstance(domain, (int, np.integer)) and 1 <= domain <= len(p["domains"])):
@@ -47,7 +45,7 @@ def _check_domain(p: dict, domain: int) -> None:
 # ----------------------------------------------------------------------------- readers
 def check_root(dataset: str, root: str | Path) -> None:
     """DataError unless `root` (the dataset's own folder) exists and holds every domain folder."""
-    p, root = _preset(dataset), Path(root)
+    p, root = spec(dataset), Path(root)
     expect = f"expected {layout_help(p, str(root))}; see README section 'Datasets'" + \
         ("" if dataset in PRESETS else " and docs/datasets.md")
     if dataset == "synthetic":
@@ -84,7 +82,7 @@ def _split_names(names: list[str], p: dict, domain: int, split: str) -> list[str
 def scan_cases(dataset: str, root: str | Path, domain: int, split: str) -> tuple[list[tuple[str, list[str]]], list[str]]:
     """(cases, problems) of one domain's split: the (image_path, [mask_paths]) with a mask, sorted by file name,
     and one line per image without its mask or mask without its image (data.py check lists them all)."""
-    p, root = _preset(dataset), Path(root)
+    p, root = spec(dataset), Path(root)
     _check_domain(p, domain)
     if split not in ("train", "test"):
         raise DataError(f"split {split!r}: expected 'train' or 'test'")
@@ -165,7 +163,7 @@ def _lookup(codes: np.ndarray, table: dict) -> tuple[np.ndarray, np.ndarray]:
 def decode_mask(dataset: str, mask: np.ndarray) -> np.ndarray:
     """Raw mask as np.asarray(PIL image) -> int64 class ids [H,W], by the spec's "mask" field (values,
     colours or threshold; METHOD.md §5, docs/datasets.md). DataError (with the values) on anything unmapped."""
-    p, a, name = _preset(dataset), np.asarray(mask), display_name(dataset)
+    p, a, name = spec(dataset), np.asarray(mask), display_name(dataset)
     if a.dtype == bool:  # PIL mode "1"
         a = a.astype(np.uint8) * 255
     enc = p["mask"]
@@ -199,7 +197,7 @@ def decode_mask(dataset: str, mask: np.ndarray) -> np.ndarray:
 def encode_mask(dataset: str, label: np.ndarray) -> np.ndarray:
     """Inverse of decode_mask: int class ids [H,W] -> the on-disk encoding (uint8 gray [H,W], RGB [H,W,3],
     or uint16 gray when a mask value exceeds 255); each class gets the first value of the table mapping to it."""
-    p, label = _preset(dataset), np.asarray(label)
+    p, label = spec(dataset), np.asarray(label)
     if label.size and (label.min() < 0 or label.max() >= p["num_classes"]):
         raise DataError(f"label values {{{_values(label)}}} outside 0..{p['num_classes'] - 1} for {display_name(dataset)}")
     enc = p["mask"]
@@ -218,7 +216,7 @@ def encode_mask(dataset: str, label: np.ndarray) -> np.ndarray:
 def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """-> (image uint8 [H,W] (gray datasets) or [H,W,3], label int64 [H,W]) at native size; several
     masks (BUSI) are unioned."""
-    p = _preset(dataset)
+    p = spec(dataset)
     im = _read(image_path)
     if p["in_channels"] == 3:
         img = np.asarray(im.convert("RGB"))
@@ -247,7 +245,7 @@ def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | No
     """METHOD.md §4: labeled = first N of the labeled domain's sorted train split; unlabeled = the rest of it
     plus every train image of the other domains. N = `labeled`, or int(labeled_ratio * all train images
     of all domains) (BUSI); both None -> the preset's default. Cases are (image_path, mask_paths, domain)."""
-    p = _preset(dataset)
+    p = spec(dataset)
     _check_domain(p, domain)
     if labeled is not None and labeled_ratio is not None:
         raise DataError("--labeled and --labeled-ratio: give one, not both")
@@ -274,7 +272,7 @@ def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | No
 
 def test_cases(dataset: str, root: str | Path) -> list[tuple[str, list[str], int]]:
     """(image_path, mask_paths, domain) of every domain's test split, domain by domain."""
-    p = _preset(dataset)
+    p = spec(dataset)
     return [(i, m, d) for d in range(1, len(p["domains"]) + 1) for i, m in list_cases(dataset, root, d, "test")]
 
 
@@ -313,7 +311,7 @@ def _nearest(label: np.ndarray, size: int) -> np.ndarray:
 
 class _TrainSet(torch.utils.data.Dataset):
     def __init__(self, dataset: str, cases: list, sam_size: int, sam_logit_size: int, seed: int = 0):
-        self.dataset, self.p, self.cases = dataset, _preset(dataset), list(cases)
+        self.dataset, self.p, self.cases = dataset, spec(dataset), list(cases)
         self.I, self.R, self.S, self.seed = sam_size, sam_logit_size, self.p["unet_size"], seed
         self.W = max(sam_size, self.S)  # augment once at the larger working resolution
 
@@ -366,7 +364,7 @@ class TestSet(torch.utils.data.Dataset):
     __test__ = False  # not a pytest test class
 
     def __init__(self, dataset: str, cases: list, sam_size: int, limit: int | None = None):
-        self.dataset, self.p, self.I, self.S = dataset, _preset(dataset), sam_size, _preset(dataset)["unet_size"]
+        self.dataset, self.p, self.I, self.S = dataset, spec(dataset), sam_size, spec(dataset)["unet_size"]
         seen: dict[int, int] = {}
         self.cases = []
         for c in cases:
