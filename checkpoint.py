@@ -99,7 +99,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a SynFoC checkpoint (expected a dict with format '{CKPT_FORMAT}' "
                               "written by train.py)")
     cfg = ck.get("config")
-    if not isinstance(cfg, dict) or cfg.get("dataset") not in data.PRESETS:
+    if isinstance(cfg, dict) and cfg.get("dataset") not in data.PRESETS and isinstance(cfg.get("dataset_description"), dict):
+        try:  # a dataset.json set: the checkpoint carries its description (the folder may be elsewhere by now)
+            data.register(cfg["dataset"], cfg["dataset_description"])
+        except data.DataError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    if not isinstance(cfg, dict) or (cfg.get("dataset") not in data.PRESETS
+                                     and not isinstance(cfg.get("dataset_description"), dict)):
         raise CheckpointError(f"{path} has no usable config (dataset {None if not isinstance(cfg, dict) else cfg.get('dataset')!r})")
     return ck
 

@@ -1,11 +1,19 @@
-"""Datasets of SynFoC: presets, readers for the four public layouts, torch datasets (augmentations: transforms.py).
+"""Datasets of SynFoC: the one reader of every dataset description (presets and dataset.json), torch datasets
+(augmentations: transforms.py).
 
-Commands (the synthetic set is written by synthetic.py):
-    python data.py check --dataset fundus --data-root data      # list cases, decode every mask
+Commands (the synthetic set is written by synthetic.py; check/init: dataset_check.py; slice: nifti.py):
+    python data.py check --dataset fundus --data-root data      # cases, class fractions, sizes, every problem
+    python data.py check --dataset path/to/my_set               # a folder holding dataset.json
+    python data.py init path/to/my_set                          # write dataset.json from what is there
+    python data.py slice --images vols/ --labels labs/ --out my_set/siteA/train --skip-empty   # NIfTI -> 2D
 
-A dataset lives in `<data-root>/<folder>` (PRESETS[name]["folder"]): data/Fundus, data/ProstateSlice,
-data/mnms, data/Dataset_BUSI_with_GT, data/synthetic (Fundus layout). See README section "Datasets".
-Masks are decoded once, here (`decode_mask`); everything downstream sees int64 class ids, 0 = background.
+A dataset is a description (dataset_spec.py; fields in docs/datasets.md): the presets are code-held ones
+(dataset_spec.DESCRIPTIONS, validated into PRESETS) living in `<data-root>/<folder>`: data/Fundus,
+data/ProstateSlice, data/mnms, data/Dataset_BUSI_with_GT, data/synthetic (Fundus layout); any other set is a
+folder with its own dataset.json, and `spec(name_or_folder)` gives either. Every function here takes that
+name or folder as `dataset`. See README section "Datasets".
+Masks are decoded once, here (`decode_mask`, by the description's "mask" field); everything downstream sees
+int64 class ids, 0 = background.
 Train items are augmented once at W = max(I, S) and then resized to the SAM size I (3 channels) and the
 U-Net size S (in_channels); labels go to R and S by nearest. Every random draw of a train item comes from
 np.random.default_rng([seed, index, draw]) so a resumed run sees the same samples.
@@ -23,57 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+# DataError lives in dataset_spec.py (the descriptions need it too); data.DataError is the same class.
+from dataset_spec import (DESCRIPTIONS, PRESETS, DataError, display_name, layout_help, register,  # noqa: F401
+                          spec, validate)
 from transforms import resize_image, resize_label, strong_augment, to_input, weak_augment
-
-
-class DataError(ValueError):
-    """A user mistake in the data or its flags; the message is one line naming the file or flag."""
-
-
-_FUNDUS = dict(layout="fundus", domains=[f"Domain{k}" for k in range(1, 5)], num_classes=3, in_channels=3,
-               unet_size=256, parts=[(1,), (1, 2)], part_names=["cup", "disc"],
-               class_names=["background", "cup", "rim"], strong_range=(0.5, 1.5))
-_REAL = dict(unet_width=64, sam="medsam", amp=None, eval_every=1000, test_limit=None, batch=(4, 4),
-             labeled=None, labeled_ratio=None)
-PRESETS: dict[str, dict] = {
-    "fundus": {**_REAL, **_FUNDUS, "folder": "Fundus", "steps": 30000, "labeled": 20},
-    "prostate": {**_REAL, "folder": "ProstateSlice", "layout": "prostate",
-                 "domains": ["BIDMC", "BMC", "HK", "I2CVB", "RUNMC", "UCL"], "num_classes": 2,
-                 "in_channels": 1, "unet_size": 384, "steps": 60000, "labeled": 20, "parts": [(1,)],
-                 "part_names": ["prostate"], "class_names": ["background", "prostate"],
-                 "strong_range": (0.1, 2.0)},
-    "mnms": {**_REAL, "folder": "mnms", "layout": "mnms", "domains": [f"vendor{v}" for v in "ABCD"],
-             "num_classes": 4, "in_channels": 1, "unet_size": 288, "steps": 60000, "labeled": 5,
-             "batch": (2, 2), "parts": [(1,), (2,), (3,)], "part_names": ["LV", "MYO", "RV"],
-             "class_names": ["background", "LV", "MYO", "RV"], "strong_range": (0.1, 2.0)},
-    "busi": {**_REAL, "folder": "Dataset_BUSI_with_GT", "layout": "busi", "domains": ["benign", "malignant"],
-             "num_classes": 2, "in_channels": 1, "unet_size": 256, "steps": 30000, "labeled_ratio": 0.125,
-             "parts": [(1,)], "part_names": ["lesion"], "class_names": ["background", "lesion"],
-             "strong_range": (0.1, 2.0)},
-    # CPU-sized defaults (train.py reads them) so the embedded default runs in minutes on 2 cores; the choices
-    # and the runs behind them are in EXPERIMENTS.md "The embedded default". Paper values where they worked (SAM lr
-    # 1e-4, EMA 0.99, random class heads); departures: batch 2 + 2, 500 steps of which the first 30 % (150)
-    # are a supervised burn-in, LiteMedSAM at 128 (4x fewer tokens), MedSAM's per-image min-max input scaling,
-    # a width-16 U-Net with GroupNorm (batch statistics of 2 images fit no domain at evaluation).
-    # n_train/n_test are what synthetic.py generates per domain.
-    "synthetic": {**_REAL, **_FUNDUS, "folder": "synthetic", "steps": 500, "burn_in_frac": 0.3, "labeled": 10,
-                  "batch": (2, 2), "unet_width": 16, "unet_layer": "group", "sam": "litemedsam", "lite_size": 128,
-                  "sam_norm": "minmax", "head_init": "random", "amp": "bf16", "eval_every": 100, "lr_sam": 1e-4, "ema": 0.99,
-                  "n_train": 40, "n_test": 16},
-}
-_LAYOUT_HELP = {
-    "fundus": "<root>/Domain{1..4}/{train,test}/ROIs/{image,mask}/<name>.png",
-    "prostate": "<root>/{BIDMC,BMC,HK,I2CVB,RUNMC,UCL}/{train,test}/{image,mask}/<name>.png",
-    "mnms": "<root>/vendor{A..D}/{train,test}/{image,mask}/<name>.png",
-    "busi": "<root>/{benign,malignant}/<name> (<n>).png with <name> (<n>)_mask.png [_mask_1.png ...]",
-}
-_MNMS_COLOURS = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
-
-
-def _preset(dataset: str) -> dict:
-    if dataset not in PRESETS:
-        raise DataError(f"--dataset {dataset!r}: expected one of {', '.join(PRESETS)}")
-    return PRESETS[dataset]
 
 
 def _check_domain(p: dict, domain: int) -> None:
@@ -84,8 +45,9 @@ def _check_domain(p: dict, domain: int) -> None:
 # ----------------------------------------------------------------------------- readers
 def check_root(dataset: str, root: str | Path) -> None:
     """DataError unless `root` (the dataset's own folder) exists and holds every domain folder."""
-    p, root = _preset(dataset), Path(root)
-    expect = f"expected {_LAYOUT_HELP[p['layout']].replace('<root>', str(root))}; see README section 'Datasets'"
+    p, root = spec(dataset), Path(root)
+    expect = f"expected {layout_help(p, str(root))}; see README section 'Datasets'" + \
+        ("" if dataset in PRESETS else " and docs/datasets.md")
     if dataset == "synthetic":
         expect += f" (create it: python synthetic.py --out {root})"
     if not root.is_dir():
@@ -95,47 +57,73 @@ def check_root(dataset: str, root: str | Path) -> None:
         raise DataError(f"{root}: missing domain folder(s) {', '.join(missing)}: {expect}")
 
 
-def _pngs(folder: Path) -> list[str]:
+def _files(folder: Path, ext: str) -> list[str]:
+    """File names with extension `ext` (.jpg also takes .jpeg, .tif .tiff) in `folder`, sorted by string."""
     if not folder.is_dir():
-        raise DataError(f"{folder} not found: expected a folder of .png files; see README section 'Datasets'")
-    return sorted(f for f in os.listdir(folder) if f.endswith(".png") and not f.startswith("."))
+        raise DataError(f"{folder} not found: expected a folder of {ext} files; see README section 'Datasets'")
+    exts = {".jpg": (".jpg", ".jpeg"), ".jpeg": (".jpg", ".jpeg"), ".tif": (".tif", ".tiff"),
+            ".tiff": (".tif", ".tiff")}.get(ext, (ext,))
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(exts) and not f.startswith("."))
+
+
+def _split_names(names: list[str], p: dict, domain: int, split: str) -> list[str]:
+    """One split of a domain without split folders. string_order (BUSI, the authors' rule): the last
+    int(0.2 n) names in string order are the test split. seeded: a permutation by (split_seed, domain)
+    puts round(n / 5) names (at least 1 when n >= 2) in the test split (4:1); both splits stay sorted."""
+    n = len(names)
+    if p["split"] == "string_order":
+        n_test = int(0.2 * n)
+        return names[n - n_test:] if split == "test" else names[:n - n_test]
+    n_test = max(1, round(n / 5)) if n >= 2 else 0
+    test = set(np.random.default_rng([p["split_seed"], domain]).permutation(n)[:n_test].tolist())
+    return [nm for k, nm in enumerate(names) if (k in test) == (split == "test")]
+
+
+def scan_cases(dataset: str, root: str | Path, domain: int, split: str) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """(cases, problems) of one domain's split: the (image_path, [mask_paths]) with a mask, sorted by file name,
+    and one line per image without its mask or mask without its image (data.py check lists them all)."""
+    p, root = spec(dataset), Path(root)
+    _check_domain(p, domain)
+    if split not in ("train", "test"):
+        raise DataError(f"split {split!r}: expected 'train' or 'test'")
+    check_root(dataset, root)
+    dom = root / p["domains"][domain - 1]
+    base = dom / split if p["split"] == "folders" else dom
+    img_dir, mask_dir = base / p["images"], base / p["masks"]
+    suffix, same = p["mask_suffix"], img_dir.resolve() == mask_dir.resolve()
+    mask_names = set(_files(mask_dir, ".png"))
+    is_mask = re.compile(rf".*{re.escape(suffix)}(_\d+)?\.png", re.IGNORECASE)
+    names = [n for n in _files(img_dir, p["image_ext"]) if not (same and suffix and is_mask.fullmatch(n))]
+    stems = {os.path.splitext(n)[0] for n in names}
+    if p["split"] != "folders":
+        names = _split_names(names, p, domain, split)
+    cases, problems, used = [], [], set()
+    for name in names:
+        stem = os.path.splitext(name)[0]
+        main = f"{stem}{suffix}.png"
+        if main not in mask_names:
+            problems.append(f"{img_dir / name} has no mask: expected {mask_dir / main}")
+            continue
+        extra = sorted(m for m in mask_names if p["extra_masks"] and re.fullmatch(
+            rf"{re.escape(stem + suffix)}_\d+\.png", m))
+        used.update([main, *extra])
+        cases.append((str(img_dir / name), [str(mask_dir / m) for m in [main, *extra]]))
+    if p["split"] == "folders":  # a mask whose image is missing (split rules decide per image, so only here)
+        for m in sorted(mask_names - used):
+            hit = re.fullmatch(rf"(.*){re.escape(suffix)}(_\d+)?\.png", m) if suffix else re.fullmatch(r"(.*)\.png", m)
+            if not same and (hit is None or hit[1] not in stems):
+                problems.append(f"{mask_dir / m} has no image: expected {img_dir / (m[:-4] + p['image_ext'])}")
+    return cases, problems
 
 
 def list_cases(dataset: str, root: str | Path, domain: int, split: str) -> list[tuple[str, list[str]]]:
     """(image_path, [mask_paths]) of one domain's split, sorted by file name (the labeled-pick order).
     `root` is the dataset's own folder, `domain` 1-based, `split` "train" or "test". An image without
     its mask raises DataError naming the image."""
-    p, root = _preset(dataset), Path(root)
-    _check_domain(p, domain)
-    if split not in ("train", "test"):
-        raise DataError(f"split {split!r}: expected 'train' or 'test'")
-    check_root(dataset, root)
-    dom = root / p["domains"][domain - 1]
-    if p["layout"] == "busi":  # no split folders: the last int(0.2 n) names in string order are the test split
-        masks: dict[str, list[str]] = {}  # image stem -> its mask files (_mask.png first, then _mask_<k>.png)
-        images = []
-        for name in _pngs(dom):
-            hit = re.fullmatch(r"(.*)_mask(_\d+)?\.png", name)
-            if hit:
-                masks.setdefault(hit[1], []).append(name)
-            else:
-                images.append(name)
-        n_test = int(0.2 * len(images))
-        images = images[len(images) - n_test:] if split == "test" else images[:len(images) - n_test]
-        cases = []
-        for name in images:
-            stem = name[:-4]
-            if f"{stem}_mask.png" not in masks.get(stem, []):
-                raise DataError(f"{dom / name} has no mask: expected {dom / (stem + '_mask.png')}")
-            cases.append((str(dom / name), [str(dom / m) for m in masks[stem]]))
-        return cases
-    base = dom / split / "ROIs" if p["layout"] == "fundus" else dom / split
-    mask_names = set(_pngs(base / "mask"))
-    cases = []
-    for name in _pngs(base / "image"):
-        if name not in mask_names:
-            raise DataError(f"{base / 'image' / name} has no mask: expected {base / 'mask' / name}")
-        cases.append((str(base / "image" / name), [str(base / "mask" / name)]))
+    cases, problems = scan_cases(dataset, root, domain, split)
+    bad = [q for q in problems if "has no mask" in q]  # an orphan mask is reported by check, not fatal
+    if bad:
+        raise DataError(bad[0])
     return cases
 
 
@@ -165,56 +153,70 @@ def _gray(a: np.ndarray, dataset: str) -> np.ndarray:
     return a
 
 
+def _lookup(codes: np.ndarray, table: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Map every code of an int array through `table` -> (class ids int64, the unmapped codes)."""
+    u, inv = np.unique(codes, return_inverse=True)
+    ids = np.array([table.get(int(c), -1) for c in u], np.int64)
+    return ids[inv].reshape(codes.shape), u[ids < 0]
+
+
 def decode_mask(dataset: str, mask: np.ndarray) -> np.ndarray:
-    """Raw mask as np.asarray(PIL image) -> int64 class ids [H,W]. DataError (with the values) when the
-    mask does not follow the dataset's encoding (METHOD.md §5, data.PRESETS)."""
-    p, a = _preset(dataset), np.asarray(mask)
+    """Raw mask as np.asarray(PIL image) -> int64 class ids [H,W], by the spec's "mask" field (values,
+    colours or threshold; METHOD.md §5, docs/datasets.md). DataError (with the values) on anything unmapped."""
+    p, a, name = spec(dataset), np.asarray(mask), display_name(dataset)
     if a.dtype == bool:  # PIL mode "1"
         a = a.astype(np.uint8) * 255
-    layout = p["layout"]
-    if layout == "busi":  # luminance as PIL convert("L") (alpha ignored), lesion = >= 128
+    enc = p["mask"]
+    if enc["kind"] == "threshold":  # luminance as PIL convert("L") (alpha ignored), foreground = >= threshold
         if a.ndim == 3:
             a = np.asarray(Image.fromarray(np.ascontiguousarray(a[..., :3]).astype(np.uint8)).convert("L"))
-        return (a >= 128).astype(np.int64)
-    if layout == "mnms":
+        return (a >= enc["threshold"]).astype(np.int64)
+    if enc["kind"] == "colours":
+        shown = ", ".join(f"{c} {k}" for c, k in zip(p["class_names"], sorted(enc["table"], key=enc["table"].get)))
         if a.ndim != 3:
-            raise DataError("mnms mask is single-channel: expected an RGB colour mask (red LV, green MYO, blue RV)")
-        a = a[..., :3]
-        if not np.isin(a, (0, 255)).all():
-            raise DataError(f"mnms mask channel values {{{_values(a)}}} outside the encoding {{0, 255}}")
-        hits = a == 255
-        if (hits.sum(-1) > 1).any():
-            raise DataError("mnms mask has pixels with several pure colours: expected black, red, green or blue")
-        return np.where(hits.any(-1), hits.argmax(-1) + 1, 0).astype(np.int64)
-    a = _gray(a, dataset)
-    allowed = (0, 128, 255) if layout == "fundus" else (0, 255)
-    if not np.isin(a, allowed).all():
-        bad = np.unique(a[~np.isin(a, allowed)])
-        raise DataError(f"{dataset} mask values {{{_values(bad)}}} outside the encoding {set(allowed)}")
-    if layout == "fundus":  # 0 = cup (class 1), 128 = rim (class 2), 255 = background
-        return np.select([a == 0, a == 128], [1, 2], 0).astype(np.int64)
-    return (a == 0).astype(np.int64)  # prostate: inverted, 0 = prostate
+            raise DataError(f"{name} mask is single-channel: expected an RGB colour mask ({shown})")
+        a = a[..., :3].astype(np.int64)
+        label, bad = _lookup((a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2], {
+            (r << 16) | (g << 8) | b: k for (r, g, b), k in enc["table"].items()})
+        if bad.size:
+            rgb = [((int(c) >> 16) & 255, (int(c) >> 8) & 255, int(c) & 255) for c in bad[:6]]
+            pure = list(enc["table"])  # a colour that is the channel-wise max of table colours: overlapping labels
+            mixed = any(tuple(np.max([q for q in pure if all(qi <= ci for qi, ci in zip(q, c))] or [(0, 0, 0)], 0))
+                        == c and sum(1 for q in pure if any(q) and all(qi <= ci for qi, ci in zip(q, c))) > 1 for c in rgb)
+            raise DataError(f"{name} mask colours {{{', '.join(map(str, rgb))}}} are not in mask.colours ({shown})"
+                            + ("; pixels with several pure colours (overlapping labels?)" if mixed else ""))
+        return label
+    a = _gray(a, name)
+    label, bad = _lookup(a.astype(np.int64), enc["table"])
+    if bad.size:
+        raise DataError(f"{name} mask values {{{_values(bad)}}} outside the encoding "
+                        f"{{{', '.join(map(str, sorted(enc['table'])))}}} (mask.values)")
+    return label
 
 
 def encode_mask(dataset: str, label: np.ndarray) -> np.ndarray:
-    """Inverse of decode_mask: int class ids [H,W] -> uint8 array in the dataset's on-disk encoding."""
-    p, label = _preset(dataset), np.asarray(label)
+    """Inverse of decode_mask: int class ids [H,W] -> the on-disk encoding (uint8 gray [H,W], RGB [H,W,3],
+    or uint16 gray when a mask value exceeds 255); each class gets the first value of the table mapping to it."""
+    p, label = spec(dataset), np.asarray(label)
     if label.size and (label.min() < 0 or label.max() >= p["num_classes"]):
-        raise DataError(f"label values {{{_values(label)}}} outside 0..{p['num_classes'] - 1} for {dataset}")
-    if p["layout"] == "fundus":
-        g = np.select([label == 1, label == 2], [0, 128], 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=-1)  # stored as RGB with equal channels, like the release
-    if p["layout"] == "mnms":
-        return _MNMS_COLOURS[label]
-    if p["layout"] == "prostate":
-        return np.where(label == 1, 0, 255).astype(np.uint8)
-    return np.where(label == 1, 255, 0).astype(np.uint8)
+        raise DataError(f"label values {{{_values(label)}}} outside 0..{p['num_classes'] - 1} for {display_name(dataset)}")
+    enc = p["mask"]
+    if enc["kind"] == "threshold":
+        return np.where(label == 1, 255, 0).astype(np.uint8)
+    first: dict[int, object] = {}
+    for value, k in enc["table"].items():
+        first.setdefault(k, value)
+    if enc["kind"] == "colours":
+        return np.array([first[k] for k in range(p["num_classes"])], np.uint8)[label]
+    lut = np.array([first[k] for k in range(p["num_classes"])])
+    g = lut.astype(np.uint16 if lut.max() > 255 else np.uint8)[label]
+    return np.repeat(g[..., None], 3, axis=-1) if enc["stored"] == "rgb" else g  # rgb: equal channels, as the release
 
 
 def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """-> (image uint8 [H,W] (gray datasets) or [H,W,3], label int64 [H,W]) at native size; several
     masks (BUSI) are unioned."""
-    p = _preset(dataset)
+    p = spec(dataset)
     im = _read(image_path)
     if p["in_channels"] == 3:
         img = np.asarray(im.convert("RGB"))
@@ -228,7 +230,7 @@ def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.
         if m.size != im.size:
             raise DataError(f"{mp}: mask size {m.size[0]}x{m.size[1]} differs from image {image_path} "
                             f"size {im.size[0]}x{im.size[1]}")
-        if m.mode not in ("1", "L", "RGB", "RGBA"):  # palette, LA, ...: decode the colours they show
+        if m.mode not in ("1", "L", "RGB", "RGBA", "I;16", "I"):  # palette, LA, ...: decode the colours they show
             m = m.convert("RGB")
         try:
             lab = decode_mask(dataset, np.asarray(m))
@@ -243,7 +245,7 @@ def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | No
     """METHOD.md §4: labeled = first N of the labeled domain's sorted train split; unlabeled = the rest of it
     plus every train image of the other domains. N = `labeled`, or int(labeled_ratio * all train images
     of all domains) (BUSI); both None -> the preset's default. Cases are (image_path, mask_paths, domain)."""
-    p = _preset(dataset)
+    p = spec(dataset)
     _check_domain(p, domain)
     if labeled is not None and labeled_ratio is not None:
         raise DataError("--labeled and --labeled-ratio: give one, not both")
@@ -270,30 +272,34 @@ def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | No
 
 def test_cases(dataset: str, root: str | Path) -> list[tuple[str, list[str], int]]:
     """(image_path, mask_paths, domain) of every domain's test split, domain by domain."""
-    p = _preset(dataset)
+    p = spec(dataset)
     return [(i, m, d) for d in range(1, len(p["domains"]) + 1) for i, m in list_cases(dataset, root, d, "test")]
 
 
 test_cases.__test__ = False  # not a pytest test, even when imported into a test module
 
-# Which volume a 2D slice comes from, by its file stem (the authors' release names slices this way):
-#   prostate: `<case>_<slice>` (e.g. 00_03 = case 00, slice 3; digits on both sides);
-#   mnms:     `<case:3 digits><slice:3 digits>` (e.g. 012005 = case 012, slice 5).
-# Fundus and BUSI are 2D datasets: no volumes.
-_VOLUME_RULES = {"prostate": (re.compile(r"(\d+)_(\d+)"), "<case>_<slice> (digits, e.g. 00_03.png)"),
-                 "mnms": (re.compile(r"(\d{3})(\d{3})"), "<case:3 digits><slice:3 digits> (e.g. 012005.png)")}
+# Which volume a 2D slice comes from, by its file stem: the spec's volume_rule, a regex with two groups
+# (case id, slice index). prostate `<case>_<slice>` (00_03), mnms `<case:3 digits><slice:3 digits>` (012005),
+# data.py slice `<case>_<slice>` with any case id; fundus, BUSI and synthetic are 2D sets (no rule).
+_RULE_TEXT = {r"(\d+)_(\d+)": "<case>_<slice> (digits, e.g. 00_03.png)",
+              r"(\d{3})(\d{3})": "<case:3 digits><slice:3 digits> (e.g. 012005.png)",
+              r"(.+)_(\d+)": "<case>_<slice> (e.g. liver7_012.png)"}
 
 
 def volume_id(dataset: str, name: str) -> tuple[str, int]:
     """(case id, slice index) of the slice with file stem or file name `name` in a volumetric dataset.
     DataError naming the file and the rule when the name does not follow it, or the dataset has no volumes."""
-    if dataset not in _VOLUME_RULES:
-        raise DataError(f"{dataset} is a 2D dataset: per-volume metrics need prostate or mnms slices")
-    rule, text = _VOLUME_RULES[dataset]
-    stem = Path(name).stem if Path(name).suffix.lower() == ".png" else name
-    m = rule.fullmatch(stem)
+    p = spec(dataset)
+    if p["volume_rule"] is None:
+        raise DataError(f"{display_name(dataset)} is a 2D dataset: per-volume metrics need a \"volume_rule\" "
+                        "(prostate, mnms, sets written by data.py slice)")
+    rule = p["volume_rule"]
+    stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif",
+                                                                              ".tiff") else name
+    m = re.fullmatch(rule, stem)
     if m is None:
-        raise DataError(f"{name}: a {dataset} slice name must be {text} to be grouped into its volume")
+        text = _RULE_TEXT.get(rule, f"a match of {rule}")
+        raise DataError(f"{name}: a {display_name(dataset)} slice name must be {text} to be grouped into its volume")
     return m.group(1), int(m.group(2))
 
 
@@ -305,7 +311,7 @@ def _nearest(label: np.ndarray, size: int) -> np.ndarray:
 
 class _TrainSet(torch.utils.data.Dataset):
     def __init__(self, dataset: str, cases: list, sam_size: int, sam_logit_size: int, seed: int = 0):
-        self.dataset, self.p, self.cases = dataset, _preset(dataset), list(cases)
+        self.dataset, self.p, self.cases = dataset, spec(dataset), list(cases)
         self.I, self.R, self.S, self.seed = sam_size, sam_logit_size, self.p["unet_size"], seed
         self.W = max(sam_size, self.S)  # augment once at the larger working resolution
 
@@ -358,7 +364,7 @@ class TestSet(torch.utils.data.Dataset):
     __test__ = False  # not a pytest test class
 
     def __init__(self, dataset: str, cases: list, sam_size: int, limit: int | None = None):
-        self.dataset, self.p, self.I, self.S = dataset, _preset(dataset), sam_size, _preset(dataset)["unet_size"]
+        self.dataset, self.p, self.I, self.S = dataset, spec(dataset), sam_size, spec(dataset)["unet_size"]
         seen: dict[int, int] = {}
         self.cases = []
         for c in cases:
@@ -378,36 +384,58 @@ class TestSet(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- CLI
-def _check(dataset: str, data_root: str) -> None:
-    p = _preset(dataset)
-    root = Path(data_root) / p["folder"]
-    check_root(dataset, root)
-    print(f"{dataset}: {root} ({p['layout']} layout, classes {', '.join(p['class_names'])})")
-    for d, name in enumerate(p["domains"], start=1):
-        for split in ("train", "test"):
-            counts = np.zeros(p["num_classes"], np.int64)
-            cases = list_cases(dataset, root, d, split)
-            for img, masks in cases:
-                counts += np.bincount(load_case(dataset, img, masks)[1].ravel(), minlength=p["num_classes"])
-            frac = counts / max(1, counts.sum())
-            print(f"  domain {d} {name:<10} {split:<5} {len(cases):5d} cases  class fractions "
-                  + " ".join(f"{c} {f:.3f}" for c, f in zip(p["class_names"], frac)))
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python data.py` (tests/test_docs.py parses the README's commands with it)."""
-    ap = argparse.ArgumentParser(description="SynFoC data: dataset checks.")
+    ap = argparse.ArgumentParser(description="SynFoC data: check a dataset, write its dataset.json, slice NIfTI "
+                                             "volumes (see the module docstrings of data.py, dataset_check.py, nifti.py).")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    ch = sub.add_parser("check", help="list cases per domain/split and decode every mask")
-    ch.add_argument("--dataset", required=True, choices=list(PRESETS), help="dataset preset")
-    ch.add_argument("--data-root", default="data", help="folder holding the dataset folders (default data)")
+    ch = sub.add_parser("check", help="cases per domain/split, class pixel fractions, image sizes and every problem")
+    ch.add_argument("--dataset", required=True, metavar="NAME_OR_FOLDER",
+                    help=f"a preset ({', '.join(PRESETS)}) or a folder holding dataset.json")
+    ch.add_argument("--data-root", default="data", help="folder holding the preset dataset folders (default data)")
+    it = sub.add_parser("init", help="write <folder>/dataset.json from the domain folders, splits, images and masks found")
+    it.add_argument("folder", help="the dataset folder: <folder>/<domain>/...")
+    it.add_argument("--force", action="store_true", help="replace an existing dataset.json")
+    sl = sub.add_parser("slice", help="NIfTI volumes + labels -> <out>/image, <out>/mask (<case>_<slice>.png), volumes.json")
+    sl.add_argument("--images", required=True, help="folder of .nii / .nii.gz volumes")
+    sl.add_argument("--labels", required=True, help="folder of label volumes, one per image, same case name")
+    sl.add_argument("--out", required=True, help="the split folder to write: <set>/<domain>/<train or test>")
+    how = sl.add_mutually_exclusive_group()
+    how.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="clip each volume to its own percentiles, then scale to 0..255 (default 0.5 99.5: MRI)")
+    how.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="clip every volume to one fixed intensity window instead (CT, e.g. -160 240 HU)")
+    sl.add_argument("--skip-empty", action="store_true", help="leave out slices without foreground (training sets)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        _check(args.dataset, args.data_root)
+        if args.cmd == "check":
+            import dataset_check
+
+            problems = dataset_check.check(args.dataset, args.data_root)
+            if problems:  # every problem is listed on stdout above; stderr gets one line
+                raise DataError(f"{len(problems)} problem(s) found (listed above), the first: {problems[0]}")
+        elif args.cmd == "init":
+            import dataset_check
+
+            print(f"wrote {dataset_check.init(args.folder, args.force)}")
+        else:
+            import nifti
+
+            if args.window:
+                rule = dict(mode="window", low=args.window[0], high=args.window[1])
+            else:
+                lo, hi = args.percentiles or (0.5, 99.5)
+                rule = dict(mode="percentile", low=lo, high=hi)
+            validate_rule = {"domains": ["d"], "classes": ["b", "f"], "mask": {"threshold": 1}, "channels": 1,
+                             "intensity": rule}
+            validate(validate_rule, "--window/--percentiles")  # the same checks as a dataset.json "intensity"
+            geo = nifti.slice_set(Path(args.images), Path(args.labels), Path(args.out), rule, args.skip_empty)
+            n = sum(len(c["slices"]) for c in geo["cases"].values())
+            print(f"wrote {n} slices of {len(geo['cases'])} volume(s) to {args.out} (image/, mask/, volumes.json)")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,11 +18,12 @@ one of prediction and ground truth empty -> Dice = Jaccard = 0, HD95 = ASD = 100
 Jaccard = 1, HD95 = ASD = 0. Aggregation: mean over the slices of each domain, then the unweighted mean
 over domains; the headline number is the mean over parts of the domain-averaged Dice.
 
---per-volume (prostate and M&Ms only): the slices are grouped into their volume by the case id in the file
-name (data.volume_id: prostate `<case>_<slice>.png`, M&Ms `<case:3 digits><slice:3 digits>.png`; a name
-that does not follow the rule is a one-line error), stacked in slice order at S x S, and the same four
-metrics are computed in 3D per volume, in VOXEL units (spacing 1 on every axis: the PNG slices carry no
-spacing, so HD95 / ASD are not millimetres). The per-volume table is printed after the per-slice one;
+--per-volume (prostate, M&Ms, and any set with a "volume_rule", as data.py slice writes): the slices are
+grouped into their volume by the case id in the file name (data.volume_id: prostate `<case>_<slice>.png`,
+M&Ms `<case:3 digits><slice:3 digits>.png`, sliced sets `<case>_<slice>.png`; a name that does not follow the
+rule is a one-line error), stacked in slice order at S x S, and the same four metrics are computed in 3D per
+volume: HD95 / ASD in MILLIMETRES where the split folder holds the volumes.json of data.py slice (its voxel
+spacing, scaled to S x S), else in VOXEL units (spacing 1: the authors' PNG slices carry no spacing). The per-volume table is printed after the per-slice one;
 mean over the volumes of each domain, then over domains.
 
 Several checkpoints or run folders (e.g. one per seed): each is evaluated as above (its own output folder),
@@ -81,6 +82,9 @@ def resolve_root(dataset: str, given: str | Path) -> Path:
     """The dataset's own folder from --data-root (the folder holding the dataset folders, as in train.py,
     or the dataset folder itself). DataError naming what was found when the data is not `dataset`'s."""
     base = Path(given)
+    if dataset not in data.PRESETS:  # a dataset.json set: --data-root is the set's folder itself
+        data.check_root(dataset, base)
+        return base
     if not base.is_dir():
         raise data.DataError(f"--data-root {base} not found: expected the folder holding {data.PRESETS[dataset]['folder']}/")
     folder = data.PRESETS[dataset]["folder"]
@@ -116,6 +120,22 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 # evaluation on the test (or train) split
 
 
+def volume_spacing(image_path: str, case: str, size: int) -> tuple[float, float, float] | None:
+    """Spacing (slice, row, column) in mm of a volume's slices stacked at size x size, from the volumes.json
+    data.py slice writes beside them (its split folder or the image folder); None when unknown."""
+    for folder in (Path(image_path).parent, Path(image_path).parent.parent):
+        f = folder / "volumes.json"
+        if f.is_file():
+            try:
+                g = json.loads(f.read_text())["cases"][case]
+                h, w = g["slice_shape"]  # rows, columns of the written PNG slices
+                sr, sc, sz = g["slice_spacing"]
+                return float(sz), float(sr) * h / size, float(sc) * w / size
+            except (KeyError, ValueError, TypeError, OSError):
+                return None
+    return None
+
+
 def _volume_order(dataset: str, cases: list) -> list:
     """The cases sorted by (domain, case id, slice index), so that each volume's slices come in a row;
     DataError (data.volume_id) on a name that does not follow the dataset's rule."""
@@ -136,7 +156,7 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
     name (file stem), part, level="slice" and the METRICS; with per_volume also one per model, volume and part
     with level="volume", name = the case id, and the 3D METRICS of the stacked slices [D,S,S] (voxel units).
     summaries: {model: aggregate(...) of the slice rows} (summarize(rows, ..., "volume") for the volumes)."""
-    pre = data.PRESETS[dataset]
+    pre = data.spec(dataset)
     S, parts, part_names, domains = cfg["unet_size"], cfg["parts"], cfg["part_names"], pre["domains"]
     sam_size = cfg.get("sam_size") or S
     if per_volume:
@@ -151,14 +171,16 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
         if volume["key"] is None:
             return
         dom, case = volume["key"]
+        spacing = volume_spacing(volume["path"], case, S)  # mm per voxel of [D,S,S] when data.py slice saved it
         for name, sl in volume["slices"].items():
             pred3, gt3 = np.stack([p for p, _ in sl]), np.stack([g for _, g in sl])
-            for pname, m in zip(part_names, case_metrics(pred3, gt3, parts)):
+            for pname, m in zip(part_names, case_metrics(pred3, gt3, parts, spacing)):
                 rows.append(dict(model=name, domain=domains[dom - 1], domain_id=dom, name=case, part=pname,
-                                 level="volume", **m))
+                                 level="volume", unit="voxels" if spacing is None else "mm", **m))
             sl.clear()
 
     bar = tqdm(total=len(ds), unit="case", desc="evaluate", dynamic_ncols=True)
+    seen = 0  # index into ds.cases: the loader keeps their order
     for b in loader:
         preds = {n: p.cpu().numpy() for n, p in
                  predict(models, b["img_unet"].to(device), b["img_sam"].to(device), S, amp).items()}
@@ -169,7 +191,7 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
                 key = (dom, data.volume_id(dataset, stem)[0])
                 if key != volume["key"]:
                     flush()
-                    volume["key"] = key
+                    volume["key"], volume["path"] = key, ds.cases[seen + i][0]
             for name, pred in preds.items():
                 for pname, m in zip(part_names, case_metrics(pred[i], gts[i], parts)):
                     rows.append(dict(model=name, domain=domains[dom - 1], domain_id=dom, name=stem,
@@ -182,6 +204,7 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
                     pic = overlay(_to_uint8(b["img_unet"][i]), pred[i], gts[i], parts)
                     Image.fromarray(pic).save(overlay_dir / f"{name}_{domains[dom - 1]}_{stem}.png")
         bar.update(len(gts))
+        seen += len(gts)
     flush()
     bar.close()
     return rows, {name: summarize(rows, name, dataset, part_names, "slice") for name in models}
@@ -190,7 +213,7 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
 def summarize(rows: list[dict], model: str, dataset: str, part_names: Sequence[str], level: str) -> dict:
     """aggregate() of one model's rows of one level ("slice" or "volume")."""
     mine = [dict(r, domain=r["domain_id"]) for r in rows if r["model"] == model and r["level"] == level]
-    return aggregate(mine, data.PRESETS[dataset]["domains"], part_names)
+    return aggregate(mine, data.spec(dataset)["domains"], part_names)
 
 
 def mean_dice(summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -204,7 +227,7 @@ def split_cases(dataset: str, root: Path, split: str) -> list[tuple[str, list[st
     """(image_path, mask_paths, domain) of every domain's `split`."""
     if split == "test":
         return data.test_cases(dataset, root)
-    return [(i, m, d) for d in range(1, len(data.PRESETS[dataset]["domains"]) + 1)
+    return [(i, m, d) for d in range(1, len(data.spec(dataset)["domains"]) + 1)
             for i, m in data.list_cases(dataset, root, d, split)]
 
 
@@ -219,7 +242,9 @@ def write_results(out: Path, ck_path: Path, ck: dict, root: Path, split: str, ro
     out.mkdir(parents=True, exist_ok=True)
     what = f"{cfg['dataset']} {split}, labeled domain {cfg.get('domain')}, step {ck.get('step')}"
     tables = [format_table(s, cfg["part_names"], f"{TITLES.get(n, n)}: {what}") for n, s in summaries.items()]
-    tables += [format_table(s, cfg["part_names"], f"{TITLES.get(n, n)} per volume (3D, voxels): {what}")
+    units = {r.get("unit") for r in rows if r["level"] == "volume"}
+    vunit = "mm" if units == {"mm"} else "voxels" if units <= {"voxels"} else "mm where the spacing is known, else voxels"
+    tables += [format_table(s, cfg["part_names"], f"{TITLES.get(n, n)} per volume (3D, {vunit}): {what}")
                for n, s in (volumes or {}).items()]
     table = "\n".join(tables)
     note = ("DSC and Jaccard in %, HD95 and ASD in pixels at the U-Net resolution "
@@ -227,12 +252,12 @@ def write_results(out: Path, ck_path: Path, ck: dict, root: Path, split: str, ro
             "Number of slices in parentheses.\n")
     if volumes:
         note += ("Per volume: the slices of each case stacked in slice order, 3D metrics with HD95 and ASD in "
-                 "voxels (spacing 1); mean over volumes per domain, then over domains. Number of volumes in "
+                 f"{vunit} (volumes.json of data.py slice, else spacing 1); mean over volumes per domain, then over domains. Number of volumes in "
                  "parentheses.\n")
     (out / "table.md").write_text(table + "\n" + note)
     models = {n: dict(s, headline_dice=s["mean"]["dice"]) for n, s in summaries.items()}
     for n, s in (volumes or {}).items():
-        models[n]["per_volume"] = dict(s, headline_dice=s["mean"]["dice"], units="hd95 and asd in voxels")
+        models[n]["per_volume"] = dict(s, headline_dice=s["mean"]["dice"], units=f"hd95 and asd in {vunit}")
     res = dict(checkpoint=str(ck_path), step=ck.get("step"), dataset=cfg["dataset"], labeled_domain=cfg.get("domain"),
                split=split, data_root=str(root), unet_size=cfg["unet_size"], parts=cfg["part_names"],
                units="dice and jaccard are fractions in [0, 1]; hd95 and asd are in pixels", models=models)
@@ -327,8 +352,9 @@ def evaluate_one(a: argparse.Namespace, ck_path: Path, out: Path | None) -> tupl
     Returns (checkpoint, table text, {model: {"slice": summary, "volume": summary (with --per-volume)}})."""
     ck = load_checkpoint(ck_path)
     cfg = ck["config"]
-    if a.per_volume and cfg["dataset"] not in ("prostate", "mnms"):
-        raise EvalError(f"--per-volume: {ck_path} is a {cfg['dataset']} run; volumes exist for prostate and mnms only")
+    if a.per_volume and data.spec(cfg["dataset"])["volume_rule"] is None:
+        raise EvalError(f"--per-volume: {ck_path} is a {data.display_name(cfg['dataset'])} run; volumes exist for "
+                        "prostate and mnms and sets with a \"volume_rule\" (data.py slice writes them)")
     want = which_models(ck, a.model)
     device = pick_device(a.device)
     amp = amp_dtype(a.amp, cfg, device)

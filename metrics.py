@@ -145,7 +145,7 @@ def _label_box(pred: np.ndarray, gt: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _cropped_metrics(p: np.ndarray, g: np.ndarray) -> dict[str, float]:
+def _cropped_metrics(p: np.ndarray, g: np.ndarray, spacing: Sequence[float] | None = None) -> dict[str, float]:
     """part_metrics on boolean arrays already cropped to (a box containing) p | g, not both empty."""
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
     inter = int(np.count_nonzero(p & g))
@@ -153,29 +153,36 @@ def _cropped_metrics(p: np.ndarray, g: np.ndarray) -> dict[str, float]:
     if n_p == 0 or n_g == 0:
         out.update(hd95=PENALTY, asd=PENALTY)
         return out
-    d_pg, d_gp = surface_distances(surface(p), surface(g))
+    if spacing is None:
+        d_pg, d_gp = surface_distances(surface(p), surface(g))
+    else:  # physical units: the distance transform weighs each axis by its spacing (mm per voxel)
+        sp, sg = surface(p), surface(g)
+        d_pg = distance_transform_edt(~sg, sampling=spacing)[sp]
+        d_gp = distance_transform_edt(~sp, sampling=spacing)[sg]
     out["hd95"] = percentile95(np.concatenate((d_pg, d_gp)))
     out["asd"] = float(d_pg.mean())  # row-major order as medpy, so the float sum is the same
     return out
 
 
-def part_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def part_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None) -> dict[str, float]:
     """Dice, Jaccard, HD95 and ASD of a boolean prediction against a boolean ground truth of the same
     shape, [H,W] (pixels) or [D,H,W] (voxels, spacing 1), with the empty-mask rule of the module docstring."""
     pred, gt = np.asarray(pred, dtype=np.bool_), np.asarray(gt, dtype=np.bool_)
     if pred.shape != gt.shape or pred.ndim not in (2, 3):
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must be 2D or 3D arrays of the same shape")
     box = _box(pred | gt)
-    return dict(_EMPTY_BOTH) if box is None else _cropped_metrics(pred[box], gt[box])
+    return dict(_EMPTY_BOTH) if box is None else _cropped_metrics(pred[box], gt[box], spacing)
 
 
-def case_metrics(pred: np.ndarray, gt: np.ndarray, parts: Sequence[Sequence[int]]) -> list[dict[str, float]]:
+def case_metrics(pred: np.ndarray, gt: np.ndarray, parts: Sequence[Sequence[int]],
+                 spacing: Sequence[float] | None = None) -> list[dict[str, float]]:
     """Metrics of every part for one slice or volume: int label maps pred, gt ([H,W] or [D,H,W]) and the
-    parts (tuples of class ids, background 0 in none) -> one dict per part, in the order of parts."""
+    parts (tuples of class ids, background 0 in none) -> one dict per part, in the order of parts.
+    spacing (one size per axis, e.g. mm): HD95 and ASD in those units instead of pixels / voxels."""
     if pred.shape != gt.shape or pred.ndim not in (2, 3):
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must be 2D or 3D label maps of the same shape")
     if any(0 in p for p in parts):  # a part containing background: no common crop, do each in full
-        return [part_metrics(part_mask(pred, p), part_mask(gt, p)) for p in parts]
+        return [part_metrics(part_mask(pred, p), part_mask(gt, p), spacing) for p in parts]
     # One crop for all parts: every part lies inside the box of the non-background pixels of both maps.
     box = _label_box(pred, gt)
     if box is None:
@@ -185,7 +192,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, parts: Sequence[Sequence[int]
     for p in parts:
         pm, gm = part_mask(pc, p), part_mask(gc, p)
         sub = _box(pm | gm)  # the part's own, smaller box
-        out.append(dict(_EMPTY_BOTH) if sub is None else _cropped_metrics(pm[sub], gm[sub]))
+        out.append(dict(_EMPTY_BOTH) if sub is None else _cropped_metrics(pm[sub], gm[sub], spacing))
     return out
 
 

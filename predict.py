@@ -3,6 +3,12 @@
     python predict.py runs/fundus_d1/last.pt --images scans/ --out scans_seg/
     python predict.py runs/fundus_d1 --images scans/ --out scans_seg/ --model unet    # a run folder means its last.pt
 
+NIfTI volumes (.nii / .nii.gz in --images; nifti.py) are segmented slice by slice along their third axis with
+the intensity rule the training slices had (the dataset description's "intensity", carried in the checkpoint;
+percentile 0.5-99.5 when the set had none), and written as <case>.nii.gz (uint8 class ids) with the input's
+affine and header:
+    python predict.py runs/my_set_d1_synfoc --images new_vols/ --out seg/
+
 Images: PNG/JPG/BMP/TIFF, any size and mode. They are converted to the model's channels (grey -> RGB or
 RGB -> grey; 16-bit and float images min-max scaled to 0..255; alpha ignored), resized to the model input
 exactly as the dataset's test images are (transforms.to_input), and the label map is resized back to the
@@ -144,9 +150,13 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, 
     sam_size = cfg.get("sam_size") or S
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not p.name.startswith("."))
-    if not files:
-        raise EvalError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
+    volumes = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))
+                     and not p.name.startswith("."))
+    if not files and not volumes:
+        raise EvalError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) or NIfTI volumes in it")
     out.mkdir(parents=True, exist_ok=True)
+    if volumes:
+        segment_volumes(models, cfg, volumes, out, device, amp)
     stems = [p.stem for p in files]
     failed = 0
     for p in tqdm(files, unit="image", desc="segment", dynamic_ncols=True):
@@ -168,11 +178,45 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, 
     return failed
 
 
+def predict_slices(models: dict[str, torch.nn.Module], cfg: dict, slices: list[np.ndarray], device: torch.device,
+                   amp: torch.dtype | None, batch: int = 8) -> list[np.ndarray]:
+    """uint8 images [H,W] (or [H,W,3]) -> int label maps [H,W] at each image's own size, `batch` per forward."""
+    S, sam_size, C = cfg["unet_size"], cfg.get("sam_size") or cfg["unet_size"], cfg["in_channels"]
+    out = []
+    for i in range(0, len(slices), batch):
+        chunk = slices[i:i + batch]
+        x_unet = torch.stack([to_input(im, S, C) for im in chunk]).to(device)        # [b, C, S, S]
+        x_sam = torch.stack([to_input(im, sam_size, 3) for im in chunk]).to(device)  # [b, 3, I, I]
+        labels = next(iter(predict(models, x_unet, x_sam, S, amp).values())).cpu().numpy()  # [b, S, S]
+        out += [resize_label(lab, im.shape[0], im.shape[1]) for lab, im in zip(labels, chunk)]
+    return out
+
+
+def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, volumes: list[Path], out: Path,
+                    device: torch.device, amp: torch.dtype | None) -> None:
+    """Each NIfTI volume slice by slice -> out/<case>.nii.gz with the input's affine and header (nifti.py)."""
+    import nifti  # nibabel only when volumes are given
+
+    rule = (cfg.get("dataset_description") or {}).get("intensity") or data.spec(cfg["dataset"])["intensity"]
+    if rule is None:
+        tqdm.write(f"note: {cfg['dataset']} has no intensity rule (not sliced by data.py slice); using "
+                   f"{nifti.DEFAULT_INTENSITY}", file=sys.stderr)
+
+    def run_slices(slices: list[np.ndarray], channels: int) -> list[np.ndarray]:
+        if channels == 3:  # an RGB model sees the gray slice in all three channels
+            slices = [np.repeat(s[..., None], 3, axis=-1) for s in slices]
+        return predict_slices(models, cfg, slices, device, amp)
+
+    for v in tqdm(volumes, unit="volume", desc="segment", dynamic_ncols=True):
+        nifti.segment_volume(v, out, run_slices, cfg["in_channels"], rule)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="predict.py", description="Segment a folder of new images with a SynFoC checkpoint. "
                                                      "See the module docstring for the exact commands.")
     p.add_argument("checkpoint", help="checkpoint written by train.py (last.pt / best_test_selected.pt) or its run folder")
-    p.add_argument("--images", required=True, help="folder of images to segment (PNG/JPG/BMP/TIFF)")
+    p.add_argument("--images", required=True, help="folder of images (PNG/JPG/BMP/TIFF) or NIfTI volumes "
+                                                   "(.nii/.nii.gz -> <case>.nii.gz masks) to segment")
     p.add_argument("--out", required=True, help="output folder for <name>.png masks and <name>_overlay.png")
     p.add_argument("--model", choices=["medsam", "unet"], default=None,
                    help="which student segments (default: medsam; unet if the run has no SAM)")

@@ -46,7 +46,7 @@ def evaluate_students(run: Run, cases: list, cfg: dict) -> dict[str, dict[int, f
                                            batch_size=max(cfg["batch"]), workers=cfg["workers"], amp=run.amp_dtype)
     for m in models.values():
         m.train()
-    domains = data.PRESETS[cfg["dataset"]]["domains"]
+    domains = data.spec(cfg["dataset"])["domains"]
     return {n: {domains.index(d) + 1: v for d, v in r.items() if d != "mean"}
             for n, r in evaluate.mean_dice(summaries).items()}
 

@@ -5,6 +5,8 @@ Commands
     python train.py --dataset fundus --domain 1                # paper setting (GPU): MedSAM ViT-B at 512
     python train.py --dataset prostate --domain 4 --sam-ckpt /path/medsam_vit_b.pth
     python train.py --dataset busi --domain 1 --labeled-ratio 0.25
+    python train.py --dataset path/to/my_set --domain 2       # your own set: a folder holding dataset.json
+    python train.py --dataset fundus --domain 1 --tensorboard # + TensorBoard events in runs/<name>/tb (tblog.py)
     python train.py --dataset prostate --domain 1 --mode unet  # Table 7 "Base U-Net" (Mean Teacher + intermediate samples)
     python train.py --dataset prostate --domain 1 --mode medsam   # Table 7 "Base MedSAM"
     python train.py --dataset fundus --domain 1 --mode suponly    # "SupOnly": labeled images only, U-Net
@@ -27,6 +29,9 @@ run; tested on CPU). metrics.csv columns: loss, L_x, L_u, L_c, L_d (with --reg c
 logged as L_c), λ, mean α, Φself, Φmut, the pseudo-label mask ratio and the Dice of the SAM-teacher,
 U-Net-teacher and ensemble pseudo-labels against the unlabeled ground truth (paper Fig. 6), and the wall
 seconds per step (evaluation excluded); a column a mode or a burn-in step does not compute is 0.
+A dataset.json set (docs/datasets.md) is its own data root; its "train" field gives the defaults the flags
+override, and config.json / the checkpoints carry its whole description (dataset_description), so evaluate.py
+and predict.py (also on NIfTI volumes, with the set's intensity rule) work without the folder's dataset.json.
 """
 from __future__ import annotations
 
@@ -67,9 +72,12 @@ def parse_args(argv: list[str] | None) -> dict:
     S = argparse.SUPPRESS
     p = argparse.ArgumentParser(description="SynFoC training (see the module docstring for commands).",
                                 argument_default=S)
-    p.add_argument("--dataset", choices=sorted(data.PRESETS), help="dataset preset (default: synthetic)")
+    p.add_argument("--dataset", metavar="NAME_OR_FOLDER",
+                   help=f"a preset ({', '.join(data.PRESETS)}) or a folder holding dataset.json (docs/datasets.md); "
+                        "its \"train\" field gives the defaults (default: synthetic)")
     p.add_argument("--domain", type=int, help="1-based index of the labeled domain (default 1)")
-    p.add_argument("--data-root", help="folder holding the dataset folders (default: data)")
+    p.add_argument("--data-root", help="folder holding the preset dataset folders (default: data; a --dataset "
+                                       "folder is its own root)")
     p.add_argument("--data-seed", type=int, help="synthetic only: generator seed of data/synthetic (default 0; "
                                                  "another seed writes data/synthetic_s<seed>)")
     p.add_argument("--labeled", type=int, help="number of labeled images (default: preset; 20 fundus/prostate, 5 mnms)")
@@ -133,6 +141,10 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own choice)")
     p.add_argument("--seed", type=int, help="random seed of everything: data order, augmentation, both models' "
                                             "initialisation (default 0)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events to <run folder>/tb: every metrics.csv scalar, per-domain test "
+                        "Dice, test images with GT and both students' predictions, the pseudo-labels (tblog.py; "
+                        "needs the tensorboard package; off by default, metrics.csv and curves.png stay)")
     p.add_argument("--out", help="run folder (default: runs/<dataset>_d<domain>_<mode>[_<alpha>][_<reg>])")
     p.add_argument("--resume", nargs="?", const="", help="continue from a run folder or checkpoint (no value: the run folder of these flags)")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
@@ -142,7 +154,7 @@ def parse_args(argv: list[str] | None) -> dict:
 def resolve_config(given: dict) -> dict:
     """Flags > dataset preset > global defaults. Returns a JSON-able dict (saved as config.json)."""
     dataset = given.get("dataset", "synthetic")
-    pre = data.PRESETS[dataset]
+    pre = data.spec(dataset)  # DataError (one line) for an unknown name or a bad dataset.json
     device = given.get("device", "cuda" if torch.cuda.is_available() else "cpu")
     cfg = dict(
         dataset=dataset, domain=1, data_root="data", data_seed=0, labeled=pre.get("labeled"),
@@ -150,7 +162,7 @@ def resolve_config(given: dict) -> dict:
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
         sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"),
         unet_layer=pre.get("unet_layer", "batch"), plain=False, fast_attn=False, compile=False, mode="synfoc", alpha="smc",
-        reg="cdcr", dice_mask="fg", steps=pre["steps"],
+        reg="cdcr", dice_mask="fg", tensorboard=False, steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
@@ -177,8 +189,10 @@ def resolve_config(given: dict) -> dict:
         raise ConfigError(f"--lite-size applies to --sam litemedsam only (got --sam {cfg['sam']})")
     if "data_seed" in given and dataset != "synthetic":
         raise ConfigError(f"--data-seed applies to --dataset synthetic only (got --dataset {dataset})")
+    if dataset not in data.PRESETS:  # a dataset.json folder: its root, and the description travels in checkpoints
+        cfg.update(dataset_description=pre["description"], data_root=pre["root"])
     if cfg["out"] is None:
-        name = f"{dataset}_d{cfg['domain']}_{cfg['mode']}"
+        name = f"{dataset if dataset in data.PRESETS else Path(pre['root']).name}_d{cfg['domain']}_{cfg['mode']}"
         name += "" if cfg["alpha"] == "smc" else f"_{cfg['alpha']}"
         name += "" if cfg["reg"] == "cdcr" else f"_{cfg['reg']}"
         cfg["out"] = str(Path("runs") / name)
@@ -230,6 +244,10 @@ def boxes(step: int, batch: int, S: int, seed: int, rank: tuple[int, ...] = ()) 
 
 def dataset_root(cfg: dict) -> Path:
     """The dataset's own folder; the synthetic set is generated there on first use."""
+    if cfg["dataset"] not in data.PRESETS:  # a dataset.json folder is its own root
+        root = Path(data.spec(cfg["dataset"])["root"])
+        data.check_root(cfg["dataset"], root)
+        return root
     folder = data.PRESETS[cfg["dataset"]]["folder"]
     if cfg["dataset"] == "synthetic" and cfg.get("data_seed", 0):
         folder += f"_s{cfg['data_seed']}"
@@ -279,11 +297,12 @@ def setup(given: dict) -> tuple[dict, dict | None]:
     ck = load_checkpoint(path)
     saved, fresh = ck["config"], resolve_config(given)
     saved.setdefault("dice_mask", "all")  # checkpoints from before the flag trained with W on every Dice channel
-    for k in sorted(set(given) - {"device", "workers", "threads"}):
+    for k in sorted(set(given) - {"device", "workers", "threads", "tensorboard"}):
         if fresh.get(k) != saved.get(k):
             raise ConfigError(f"--resume continues the saved configuration, but --{k.replace('_', '-')} {fresh.get(k)} "
                               f"differs from the saved {saved.get(k)} (only --device, --workers, --threads may change)")
-    return dict(saved, out=str(path.parent), **{k: given[k] for k in ("device", "workers", "threads") if k in given}), ck
+    return dict(saved, out=str(path.parent),
+                **{k: given[k] for k in ("device", "workers", "threads", "tensorboard") if k in given}), ck
 
 
 def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
@@ -293,7 +312,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     is_main, rank_key = rank == 0, ((rank,) if world > 1 else ())
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
-    out, T, domains = Path(cfg["out"]), cfg["steps"], data.PRESETS[cfg["dataset"]]["domains"]
+    out, T, domains = Path(cfg["out"]), cfg["steps"], data.spec(cfg["dataset"])["domains"]
     torch.manual_seed(cfg["seed"])
     run = build_run(cfg, cfg["device"])  # models first: a missing MedSAM checkpoint fails before any data work
     # SAM input / logit sizes; without SAM the SAM views are never used, so keep them at S (cheap).
@@ -314,6 +333,14 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     log = Log(out, enabled=is_main)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+    tb = None
+    if cfg.get("tensorboard") and is_main:
+        import tblog  # tensorboard only with the flag
+
+        try:
+            tb = tblog.TBLog(out)
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
     if ck is None and is_main:
         for f in ("log.txt", "metrics.csv", "evals.csv", "last.pt", "best_test_selected.pt"):
             (out / f).unlink(missing_ok=True)
@@ -366,6 +393,8 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
                 raise FloatingPointError(msg)
             vals = dict(zip(METRIC_NAMES, (acc / n_acc).tolist()), **{"lambda": lam_acc / n_acc})
             log.row(done, vals, (time.time() - t_log) / n_acc)  # wall time per step, evaluation excluded
+            if tb is not None:
+                tb.scalars(done, vals, (time.time() - t_log) / n_acc)
             acc.zero_()
             lam_acc, n_acc = 0.0, 0
             bar.set_postfix(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}", dice=f"{last_dice:.3f}")
@@ -378,6 +407,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             judge = "medsam" if "medsam" in mean else "unet"  # the student best_test_selected.pt is chosen by
             last_dice = headline = mean[judge]
             log.eval_rows(done, res, domains)
+            if tb is not None:
+                tb.dice(done, res, domains)
+                tb.pictures(done, run, test_cases, ub)
             plots.plot_curves(out)  # curves.png: losses, λ, α, Φ, pseudo-label Dice (Fig. 6), test Dice
             log.line(f"step {done} test Dice per domain " + json.dumps(
                 {n: {domains[d - 1]: round(v, 4) for d, v in r.items()} for n, r in res.items()})
@@ -394,6 +426,8 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         if stop_at is not None and done >= stop_at:
             break
     bar.close()
+    if tb is not None:
+        tb.close()
     if res:
         log.line("final per-domain mean Dice (%) of the students, last step:\n" + dice_table(res, domains))
         ref = reference_line(cfg)

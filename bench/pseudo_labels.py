@@ -55,7 +55,7 @@ def pseudo_label_quality(folder: str | Path, taus: list[float] | None = None, ba
                                 cfg["labeled_ratio"])
     ds = data.UnlabeledSet(cfg["dataset"], unl, run.sam.image_size, run.sam.logit_size, seed=cfg["seed"] + 1)
     parts, S = cfg["parts"], cfg["unet_size"]
-    names = data.PRESETS[cfg["dataset"]]["domains"]
+    names = data.spec(cfg["dataset"])["domains"]
     sums: dict[str, dict[str, float]] = {}
     loader = torch.utils.data.DataLoader(ds, batch_size=batch)  # in order: batch i holds images i*batch, ...
     for i, ub in enumerate(loader):

@@ -73,7 +73,8 @@ def row_folder(out: Path, name: str, seed: int) -> Path:
     return out / (base if seed == 0 else f"{base}_seed{seed}")
 
 
-IGNORED = {"out", "device", "workers", "threads"}  # config keys that may differ between a reused run and this table
+# config keys that may differ between a reused run and this table (tensorboard: logging only)
+IGNORED = {"out", "device", "workers", "threads", "tensorboard"}
 
 
 def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, list[str] | None]:

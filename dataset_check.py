@@ -1,0 +1,169 @@
+"""Look at a dataset folder before anything trains: `data.py check` (every problem) and `data.py init` (a first
+dataset.json from what is there). Both are reached through data.py's command line:
+
+    python data.py init path/to/my_set            # writes path/to/my_set/dataset.json (--force replaces one)
+    python data.py check --dataset path/to/my_set # cases per domain/split, class pixel fractions, image sizes, problems
+    python data.py check --dataset fundus --data-root data
+
+init finds: the domain folders (every sub-folder), the split rule (train/ and test/ in each domain: "folders";
+otherwise "seeded", a 4:1 split by seed), the image and mask folders (image(s)/img and mask(s)/label(s)/gt, or
+masks beside the images named <name>_mask.png), the image extension and channels (RGB with equal channels is
+gray), and the mask values seen. Masks holding class ids 0..K give a file usable as written; any other values
+(0/255, colours, ...) are mapped to 0..K in sorted order (black / 0 is background) and "_check" says so: read
+docs/datasets.md and fix "classes", "mask" and "parts" by hand. A volumes.json written by `data.py slice` adds the
+volume rule and the intensity rule, so per-volume metrics and predict.py on NIfTI work.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import data
+from dataset_spec import DEFAULT_VOLUME_RULE, DataError
+
+IMAGE_NAMES, MASK_NAMES = ("image", "images", "img", "imgs"), ("mask", "masks", "label", "labels", "gt")
+EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_MASKS = 400  # masks read by init to learn the values (enough to see every class of a set)
+
+
+def check(dataset: str, data_root: str) -> list[str]:
+    """Print cases per domain/split, class pixel fractions, image sizes, then every problem (one per line);
+    returns the problems. The dataset is a preset (under data_root) or a dataset.json folder."""
+    p = data.spec(dataset)
+    root = Path(p["root"]) if p["root"] else Path(data_root) / p["folder"]
+    data.check_root(dataset, root)
+    print(f"{data.display_name(dataset)}: {root} ({p['layout']} layout, split {p['split']}, classes "
+          f"{', '.join(p['class_names'])}, parts " + ", ".join(f"{n}={list(q)}" for n, q in zip(p["part_names"], p["parts"]))
+          + f", {p['in_channels']} channel(s), U-Net {p['unet_size']})")
+    problems: list[str] = []
+    for d, name in enumerate(p["domains"], start=1):
+        for split in ("train", "test"):
+            try:
+                cases, found = data.scan_cases(dataset, root, d, split)
+            except DataError as e:  # a missing split / image folder: nothing more to read in this one
+                problems.append(str(e))
+                print(f"  domain {d} {name:<10} {split:<5}     - (unreadable: see problems)")
+                continue
+            problems += found
+            counts, sizes = np.zeros(p["num_classes"], np.int64), Counter()
+            for img, masks in cases:
+                try:
+                    image, label = data.load_case(dataset, img, masks)
+                except DataError as e:  # unknown mask value, unreadable file, size mismatch: go on, list it
+                    problems.append(str(e))
+                    continue
+                counts += np.bincount(label.ravel(), minlength=p["num_classes"])
+                sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
+            frac = counts / max(1, counts.sum())
+            size_text = ", ".join(f"{s} ({n})" for s, n in sizes.most_common(3)) + (", ..." if len(sizes) > 3 else "")
+            print(f"  domain {d} {name:<10} {split:<5} {len(cases):5d} cases  class fractions "
+                  + " ".join(f"{c} {f:.3f}" for c, f in zip(p["class_names"], frac)) + f"  sizes {size_text or '-'}")
+            if not cases:
+                problems.append(f"{root / name}: no {split} cases")
+    if problems:
+        print(f"{len(problems)} problem(s):")
+        for q in problems:
+            print(f"  {q}")
+    return problems
+
+
+def _subdir(folder: Path, names: tuple[str, ...]) -> str | None:
+    """The first of `names` (or ROIs/<name>, the Fundus layout) that is a folder under `folder`."""
+    for n in names:
+        for cand in (n, f"ROIs/{n}"):
+            if (folder / cand).is_dir():
+                return cand
+    return None
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(EXTS) and not f.startswith("."))
+
+
+def describe(folder: str | Path) -> dict:
+    """A dataset.json description of what `folder` holds (see the module docstring); DataError when the
+    folder does not look like a mixed-domain set."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found (expected <set>/<domain>/... folders)")
+    domains = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    if not domains:
+        raise DataError(f"{root}: no domain folders (expected one sub-folder per domain, e.g. {root}/siteA/train/image)")
+    with_splits = [all((root / d / s).is_dir() for s in ("train", "test")) for d in domains]
+    if any(with_splits) and not all(with_splits):
+        odd = [d for d, w in zip(domains, with_splits) if not w]
+        raise DataError(f"{root}: domain(s) {', '.join(odd)} lack train/ and test/ folders the others have")
+    split = "folders" if all(with_splits) else "seeded"
+    first = root / domains[0] / ("train" if split == "folders" else "")
+    images, masks, suffix = _subdir(first, IMAGE_NAMES), _subdir(first, MASK_NAMES), ""
+    if images is None or masks is None:  # masks beside the images: <name>_mask.png
+        if any(n.endswith("_mask.png") for n in _listing(first)):
+            images, masks, suffix = ".", ".", "_mask"
+        else:
+            raise DataError(f"{first}: no image/ and mask/ folders (or <name>_mask.png files) found; "
+                            "write dataset.json by hand (docs/datasets.md)")
+    files = [f for f in _listing(first / images) if not (suffix and f[:-4].endswith(suffix))]
+    if not files:
+        raise DataError(f"{first / images}: no images ({', '.join(EXTS)})")
+    ext = Counter(os.path.splitext(f)[1].lower() for f in files).most_common(1)[0][0]
+    gray = True
+    for f in files[:8]:
+        a = np.asarray(Image.open(first / images / f).convert("RGB"))
+        gray &= bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]))
+    values, colours = set(), set()
+    mask_files = [root / d / s / masks / m for d in domains for s in (["train", "test"] if split == "folders" else [""])
+                  if (root / d / s / masks).is_dir() for m in _listing(root / d / s / masks)
+                  if m.endswith(".png") and (not suffix or m[:-4].endswith(suffix))]
+    for m in mask_files[:MAX_MASKS]:
+        a = np.asarray(Image.open(m))
+        if a.ndim == 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            colours.update(map(tuple, np.unique(a[..., :3].reshape(-1, 3), axis=0).tolist()))
+        else:
+            values.update(np.unique(a if a.ndim == 2 else a[..., 0]).astype(int).tolist())
+    note = None
+    if colours:
+        order = sorted(colours | {(v, v, v) for v in values} | {(0, 0, 0)}, key=lambda c: (sum(c) > 0, c))
+        mask = {"colours": {"#%02x%02x%02x" % c: k for k, c in enumerate(order)}}
+        note = f"colour masks: {len(order)} colours mapped to class ids in sorted order (black = background)"
+    else:
+        order = sorted(values | {0})  # background is 0 even where no mask read shows it
+        mask = {"values": {str(v): k for k, v in enumerate(order)}}
+        if order != list(range(len(order))):
+            note = f"mask values {order} mapped to class ids 0..{len(order) - 1} in sorted order"
+    n = max(2, len(order))
+    desc: dict = {"name": root.name, "domains": domains,
+                  "classes": ["background"] + [f"class{k}" for k in range(1, n)], "mask": mask,
+                  "parts": {f"class{k}": [k] for k in range(1, n)}, "channels": 1 if gray else 3, "unet_size": 256,
+                  "split": split, "images": images, "masks": masks}
+    if split == "seeded":
+        desc["split_seed"] = 0
+    if ext != ".png":
+        desc["image_ext"] = ext
+    if suffix:
+        desc["mask_suffix"] = suffix
+    geo = [root / d / s / "volumes.json" for d in domains for s in (["train", "test"] if split == "folders" else [""])]
+    rules = {json.dumps(json.loads(g.read_text()).get("intensity")) for g in geo if g.is_file()}
+    if rules:  # sliced by data.py slice: volumes, and the intensity rule predict.py repeats on NIfTI
+        if len(rules) > 1:
+            raise DataError(f"{root}: the volumes.json files disagree on the intensity rule ({'; '.join(sorted(rules))}); "
+                            "slice every domain with the same --window / --percentiles")
+        desc["volume_rule"], desc["intensity"] = DEFAULT_VOLUME_RULE, json.loads(rules.pop())
+    if note:
+        desc["_check"] = note + ": name the classes and check mask/parts by hand (docs/datasets.md)"
+    return desc
+
+
+def init(folder: str | Path, force: bool = False) -> Path:
+    """Write <folder>/dataset.json from describe(folder); validated like any dataset.json. Returns its path."""
+    file = Path(folder) / "dataset.json"
+    if file.exists() and not force:
+        raise DataError(f"{file} exists; pass --force to replace it")
+    desc = describe(folder)
+    data.validate(desc, str(file))  # what init writes must load
+    file.write_text(json.dumps(desc, indent=2) + "\n")
+    return file
