@@ -74,7 +74,9 @@ def row_folder(out: Path, name: str, seed: int) -> Path:
 
 
 # config keys that may differ between a reused run and this table (tensorboard: logging only)
-IGNORED = {"out", "device", "workers", "threads", "tensorboard"}
+# config keys that may differ between a reused run and this table: where and how fast it ran, and logging
+# (plain / compile / fast_attn change float rounding only: speedups.py, tests/test_speedups.py)
+IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compile", "fast_attn"}
 
 
 def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, list[str] | None]:
