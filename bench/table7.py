@@ -73,7 +73,6 @@ def row_folder(out: Path, name: str, seed: int) -> Path:
     return out / (base if seed == 0 else f"{base}_seed{seed}")
 
 
-# config keys that may differ between a reused run and this table (tensorboard: logging only)
 # config keys that may differ between a reused run and this table: where and how fast it ran, and logging
 # (plain / compile / fast_attn change float rounding only: speedups.py, tests/test_speedups.py)
 IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compile", "fast_attn"}
