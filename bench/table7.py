@@ -25,7 +25,8 @@ whose saved configuration differs from the row's in anything but the output fold
 settings (another seed, loss, budget, ...) is a one-line error, never mixed into the table.
 
 Parallel runs (`--jobs 2`): two train.py processes at once, one thread each by default (CPUs / jobs), each
-logging to its folder's train.out; on a 2-core CPU this is the cheapest way to a table. Train times are then
+logging to its folder's train.out (with --jobs 1 the runs train in this process, one after the other); on a
+2-core CPU this is the cheapest way to a table. Train times are then
 those of runs sharing the machine.
 
 Several training seeds (`--seed 0 1 2`): every row is trained once per seed (folder <Row> for seed 0,
@@ -106,17 +107,22 @@ def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, s
     return folder, argv
 
 
-def train_row(name: str, folder: Path, argv: list[str], threads: int | None) -> float:
-    """Train (or resume) one run in its own process; returns wall seconds (also written to wall.json)."""
+def train_row(name: str, folder: Path, argv: list[str], threads: int | None, own_process: bool) -> float:
+    """Train (or resume) one run, in this process or (own_process: --jobs > 1) in its own train.py process;
+    returns wall seconds (also written to wall.json)."""
     argv = argv + (["--threads", str(threads)] if threads else [])
     print(f"[table7] {name}: python train.py {' '.join(argv)}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with open(folder / "train.out", "w") as log:  # the run's own log.txt is the record; this keeps tqdm/errors
-        rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        tail = (folder / "train.out").read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise ValueError(f"{name}: train.py exited {rc} ({tail[0]}); see {folder / 'train.out'}")
+    if not own_process:
+        train.train(argv)
+    else:
+        with open(folder / "train.out", "w") as log:  # the run's own log.txt is the record; this keeps tqdm/errors
+            rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], stdout=log,
+                                stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            tail = (folder / "train.out").read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise ValueError(f"{name}: train.py exited {rc} ({tail[0]}); see {folder / 'train.out'}")
     sec = time.time() - t0
     (folder / "wall.json").write_text(json.dumps(dict(seconds=sec, threads=threads)))
     return sec
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             if argv is None:
                 print(f"[table7] {name}: reusing {folder} (finished)")
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is its own train.py process
-            futures = {key: pool.submit(train_row, key[0], plans[key][0], plans[key][1], threads) for key in todo}
+            futures = {key: pool.submit(train_row, key[0], plans[key][0], plans[key][1], threads, args.jobs > 1)
+                       for key in todo}
             for f in futures.values():
                 f.result()
         for name, _ in rows:

@@ -68,7 +68,7 @@ def test_step_parity_end_to_end(tmp_path):
     """Three tiny runs on the real Fundus sample files (fp32): files written, the verdict is the exit code, and the
     optimised step stays at rounding distance from the plain one (a different function would differ by ~0.1-1)."""
     out = tmp_path / "par"
-    argv = [sys.executable, "bench/step_parity.py", "--dataset", "fundus", "--steps", "4", "--burn-in", "2",
+    argv = [sys.executable, "bench/step_parity.py", "--dataset", "fundus", "--steps", "3", "--burn-in", "1",
             "--out", str(out), "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu",
             "--data-root", "tests/data", "--labeled", "1", "--batch", "1", "1", "--amp", "off"]
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -79,7 +79,7 @@ def test_step_parity_end_to_end(tmp_path):
     assert rep["table"]["burn-in"]["optimised vs plain"]["loss"]["max"] < 1e-3
     assert rep["table"]["SynFoC steps"]["optimised vs plain"]["loss"]["max"] < 1e-2
     rows = (out / "parity.csv").read_text().splitlines()
-    assert rows[0].startswith("run,step,loss") and len(rows) == 1 + 3 * 4
+    assert rows[0].startswith("run,step,loss") and len(rows) == 1 + 3 * 3
     cfgs = {n: json.loads((out / n / "config.json").read_text()) for n in ("plain", "plain_1t", "optimised")}
     assert cfgs["plain"]["plain"] and cfgs["plain_1t"]["threads"] == 1 and not cfgs["optimised"]["plain"]
     # finished runs are reused; a large tolerance passes
