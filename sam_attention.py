@@ -113,3 +113,22 @@ def use_fast_attention(model: nn.Module, enable: bool = True) -> int:
             m.__class__ = new
             changed += 1
     return changed
+
+
+def parity_model(config: dict, seed: int = 0) -> nn.Module:
+    """A prompt-free "medsam" SamSeg (medsam_lora.build_sam with `config`: checkpoint.TINY_SAM, or {} for ViT-B at
+    512) whose LoRA B matrices and relative-position tables, both zero at initialisation, are random and every
+    parameter trainable: a parity check of this file's attention then sees the LoRA and rel-pos terms at work
+    (tests/test_sam_attention.py, bench/gpu_parity.py)."""
+    from medsam_lora import LoRAQKV, build_sam  # here, not at the top: medsam_lora never needs this file
+    model = build_sam("medsam", 3, None, 4, **config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRAQKV):
+                m.b_q.copy_(torch.randn(m.b_q.shape, generator=g) * 0.2)
+                m.b_v.copy_(torch.randn(m.b_v.shape, generator=g) * 0.2)
+            if isinstance(m, Attention):
+                m.rel_pos_h.copy_(torch.randn(m.rel_pos_h.shape, generator=g) * 0.5)
+                m.rel_pos_w.copy_(torch.randn(m.rel_pos_w.shape, generator=g) * 0.5)
+    return model.requires_grad_(True)  # gradients of everything, frozen encoder included, are compared

@@ -49,8 +49,7 @@ import step as bench_step  # noqa: E402
 import synfoc  # noqa: E402
 import train  # noqa: E402
 from checkpoint import TINY_SAM  # noqa: E402
-from medsam_lora import LoRAQKV, build_sam  # noqa: E402
-from sam_attention import Attention, use_fast_attention  # noqa: E402
+from sam_attention import parity_model, use_fast_attention  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -110,17 +109,7 @@ class SdpaLog(TorchDispatchMode):
 
 def randomized_sam(tiny: bool, seed: int) -> torch.nn.Module:
     """SamSeg with nonzero LoRA B and random rel-pos tables (both start at 0), every parameter trainable."""
-    model = build_sam("medsam", 3, None, 4, **(TINY_SAM if tiny else {}))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, LoRAQKV):
-                m.b_q.copy_(torch.randn(m.b_q.shape, generator=g) * 0.2)
-                m.b_v.copy_(torch.randn(m.b_v.shape, generator=g) * 0.2)
-            if isinstance(m, Attention):
-                m.rel_pos_h.copy_(torch.randn(m.rel_pos_h.shape, generator=g) * 0.5)
-                m.rel_pos_w.copy_(torch.randn(m.rel_pos_w.shape, generator=g) * 0.5)
-    return model.requires_grad_(True)
+    return parity_model(TINY_SAM if tiny else {}, seed)
 
 
 def attention_parity(a: argparse.Namespace) -> list[dict]:

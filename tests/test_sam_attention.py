@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import sam_attention as SA
 from checkpoint import TINY_SAM
-from medsam_lora import LoRAQKV, build_sam, make_teacher
+from medsam_lora import build_sam, make_teacher
 
 SMALL = dict(image_size=64, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,))
 PADDED = dict(SMALL, window_size=3)  # grid 4 is padded to 6 before windowing
@@ -25,18 +25,7 @@ cuda = pytest.mark.cuda  # tests/conftest.py skips it without a GPU; bench/gpu_c
 
 def randomized(config: dict, seed: int = 0):
     """A medsam SamSeg with nonzero LoRA B matrices and random relative-position tables (both start at 0)."""
-    model = build_sam("medsam", 3, None, 4, **config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, LoRAQKV):
-                m.b_q.copy_(torch.randn(m.b_q.shape, generator=g) * 0.2)
-                m.b_v.copy_(torch.randn(m.b_v.shape, generator=g) * 0.2)
-            if isinstance(m, Attention):
-                m.rel_pos_h.copy_(torch.randn(m.rel_pos_h.shape, generator=g) * 0.5)
-                m.rel_pos_w.copy_(torch.randn(m.rel_pos_w.shape, generator=g) * 0.5)
-    model.requires_grad_(True)  # gradients of everything, frozen encoder included, are compared
-    return model
+    return SA.parity_model(config, seed)
 
 
 def patched(module: torch.nn.Module) -> torch.nn.Module:
