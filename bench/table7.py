@@ -22,7 +22,9 @@ SynFoC with CR (--reg cr), Base+SMC (--reg none), CDCR without SMC (--alpha own)
 strategies const / linear / self / mutual / cps with --reg none (Table 8's SMC row is the Base+SMC row).
 Runs that already finished (a last.pt at their final step) are reused, so an interrupted table resumes; a run
 whose saved configuration differs from the row's in anything but the output folder, device and thread
-settings (another seed, loss, budget, ...) is a one-line error, never mixed into the table.
+settings (another seed, loss, budget, ...) is a one-line error, never mixed into the table. SupOnly and
+Base U-Net build no SAM, so settings only the SAM reads (--lite-size, --rank, --lr-sam, ...) do not count for
+them: copy their run folders into a `--train-args --lite-size 64` table's --out and they are reused.
 
 Parallel runs (`--jobs 2`): two train.py processes at once, one thread each by default (CPUs / jobs), each
 logging to its folder's train.out (with --jobs 1 the runs train in this process, one after the other); on a
@@ -77,6 +79,9 @@ def row_folder(out: Path, name: str, seed: int) -> Path:
 # config keys that may differ between a reused run and this table: where and how fast it ran, and logging
 # (plain / compile / fast_attn change float rounding only: speedups.py, tests/test_speedups.py)
 IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compile", "fast_attn"}
+# keys read only where a SAM is built (checkpoint.build_models, the AdamW of synfoc.build_run): a SupOnly or Base
+# U-Net run is the same run whatever they say, so a --lite-size 64 table reuses the U-Net rows of a 128 one
+SAM_ONLY = {"lite_size", "rank", "lr_sam", "head_init", "sam_norm", "sam_ckpt"}
 
 
 def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, list[str] | None]:
@@ -94,7 +99,8 @@ def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, s
             raise ValueError(f"{folder} holds a run with {ran}, this table asks for data_seed {args.data_seed}, "
                              f"seed {seed}: give another --out")
         want = train.resolve_config(train.parse_args(argv))
-        diff = [k for k in sorted(want) if k not in IGNORED and want[k] != ck["config"].get(k)]
+        ignored = IGNORED | (SAM_ONLY if want["mode"] in ("unet", "suponly") else set())
+        diff = [k for k in sorted(want) if k not in ignored and want[k] != ck["config"].get(k)]
         if diff:
             k = diff[0]
             raise ValueError(f"{folder} holds a run trained with {k} = {ck['config'].get(k)!r}, this table asks for "

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,6 +75,17 @@ def test_table7_end_to_end(tmp_path):
                          "--device", "cpu", "--dice-mask", "all"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r6.returncode == 2 and "trained with dice_mask = 'fg', this table asks for 'all'" in r6.stderr, r6.stderr[-500:]
     assert len(r6.stderr.strip().splitlines()) == 1
+    # a setting only the SAM reads (here the LoRA rank): the U-Net rows are the same runs and are reused, the
+    # SAM rows are not
+    sys.path.insert(0, str(ROOT / "bench"))
+    import table7
+    args = table7.build_parser().parse_args(["--data-seed", "5", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
+                              "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu", "--rank", "8"])
+    for row, flags in table7.MAIN_ROWS[:2]:
+        assert table7.plan_row(row, flags, args, out, 0) == (out / row.replace(" ", "_"), None)
+    for row, flags in table7.MAIN_ROWS[2:]:
+        with pytest.raises(ValueError, match="trained with rank = 4, this table asks for 8"):
+            table7.plan_row(row, flags, args, out, 0)
     # the reference file is one run per row
     r4 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--out", str(out), "--seed", "0", "1",
                          "--write-reference"], cwd=ROOT, capture_output=True, text=True, timeout=60)
