@@ -71,7 +71,8 @@ def _parse_bench(name):
 
 PARSERS = {"train.py": _parse_train, "evaluate.py": _parse_evaluate, "predict.py": _parse_predict,
            "data.py": _parse_data, **{f"bench/{n}.py": _parse_bench(n) for n in ("table7", "pseudo_labels", "step",
-                                                                                 "metrics", "step_parity")}}
+                                                                                 "metrics", "step_parity",
+                                                                                 "dice_mask_figure")}}
 
 
 def commands(text: str) -> list[tuple[str, list[str]]]:

@@ -39,8 +39,14 @@ def test_ensemble_follows_the_strategy(shared_data, tmp_path, alpha, same_as):
             assert 0.0 < r[k] <= 1.0
 
 
-def test_cli_table_json_and_errors(shared_data, tmp_path, capsys):
-    run = tiny_run(shared_data, tmp_path / "smc")
+@pytest.fixture(scope="module")
+def smc_run(shared_data, tmp_path_factory):
+    """One tiny SynFoC run (the default --dice-mask fg) shared by the CLI and figure tests."""
+    return tiny_run(shared_data, tmp_path_factory.mktemp("smc") / "run")
+
+
+def test_cli_table_json_and_errors(smc_run, tmp_path, capsys):
+    run = smc_run
     out = tmp_path / "q.json"
     r = subprocess.run([sys.executable, "bench/pseudo_labels.py", str(run), "--tau", "0.95", "0.7", "--json", str(out),
                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -67,3 +73,37 @@ def test_cli_table_json_and_errors(shared_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's one-line usage error
         pseudo_labels.main([str(run), "--batch", "0"])
     assert e.value.code == 2 and "--batch 0" in capsys.readouterr().err
+
+
+def test_dice_mask_figure(smc_run, shared_data, tmp_path, capsys):
+    # the same tiny run under both Dice rules (the first also drawn as a "baseline": any run folder with an
+    # evals.csv): the figure is written, the printed table carries pseudo_labels' numbers (cached in the run
+    # folder) and each student's last test Dice from evals.csv
+    import dice_mask_figure
+    fg, al = smc_run, tiny_run(shared_data, tmp_path / "all", "--dice-mask", "all")
+    base = fg
+    png = tmp_path / "fig.png"
+    capsys.readouterr()
+    assert dice_mask_figure.main([str(fg), str(al), "--base", str(base), "--tau", "0.5", "--out", str(png),
+                                  "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert png.stat().st_size > 10000
+    for run, name in ((fg, "fg"), (al, "all")):
+        q = json.loads((run / "pseudo_labels.json").read_text())
+        if name == "fg":  # the cache is the function's own table (one recomputation is enough)
+            assert q == pseudo_labels.pseudo_label_quality(run, taus=[0.5])
+        evals = [ln.split(",") for ln in (run / "evals.csv").read_text().splitlines()[1:]]
+        for d, r in q.items():
+            last = {m: 100 * float(v) for s, m, d_, v in evals if d_ == d and s == "3"}
+            row = (f"| {name} | {d} | {100 * r['sam']:.1f} | {100 * r['unet']:.1f} | {100 * r['ens']:.1f} | "
+                   f"{r['alpha']:.2f} | {100 * r['fg@0.5']:.0f} % | {100 * r['bgonly@0.5']:.0f} % | "
+                   f"{last['medsam']:.1f} | {last['unet']:.1f} |")
+            assert row in out, (row, out)
+    # a baseline's checkpoint given as a SynFoC run: one line, exit 2
+    ck = torch.load(fg / "last.pt", weights_only=True)
+    ck["config"]["mode"] = "unet"
+    (tmp_path / "unet").mkdir()
+    torch.save(ck, tmp_path / "unet" / "last.pt")
+    assert dice_mask_figure.main([str(tmp_path / "unet"), "--out", str(png), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--mode unet" in err[0], err
