@@ -12,9 +12,12 @@ otherwise), then evaluates the run's last.pt on every domain's FULL test split w
 (evaluate.evaluate_cases: per-slice Dice, mean over parts, then per domain). Written to --out
 (default runs/table7_s<N>):
     table7.md    mean Dice (%) per domain and the mean, per row and student, with each row's training wall time
-                 (per run: the mean over the training seeds)
+                 (per run: the mean over the training seeds); then the paired differences SynFoC SAM − Base
+                 MedSAM and SynFoC U-Net − Base U-Net per training seed, at the last step and test-selected
+                 (each student's best evaluation in its evals.csv, the paper's protocol, labelled as such)
     table7.json  {row: {model: {domain: Dice, ..., "mean": Dice}}} (fractions) + "_per_seed" (the same per
-                 training seed: {row: {model: {seed: {...}}}}) + "_meta" (flags, seeds, times, machine)
+                 training seed: {row: {model: {seed: {...}}}}) + "_paired" ({pair: {"last" | "test-selected":
+                 {seed: difference}}}) + "_meta" (flags, seeds, times, machine)
     table7.png   per-domain bars per row, and the pseudo-label Dice of the SAM teacher, the U-Net teacher and
                  the ensemble vs step from each run's metrics.csv (the paper's Fig. 6)
 Rows: SupOnly (--mode suponly), Base U-Net (--mode unet), Base MedSAM (--mode medsam), SynFoC. With --all:
@@ -159,6 +162,49 @@ def over_seeds(per_seed: dict[int, dict[str, float]]) -> tuple[dict[str, float],
     return mean, statistics.stdev([r["mean"] for r in runs]) if len(runs) > 1 else 0.0
 
 
+def best_evaluated(folder: Path, model: str) -> float:
+    """The highest mean-over-domains test Dice of one student over the run's evaluations (evals.csv): the
+    test-selected number of the authors' protocol, taken per student (best_test_selected.pt follows the SAM)."""
+    by_step: dict[str, list[float]] = {}
+    for line in (folder / "evals.csv").read_text().splitlines()[1:]:
+        step, m, _, dice = line.split(",")
+        if m == model:
+            by_step.setdefault(step, []).append(float(dice))
+    return max(sum(v) / len(v) for v in by_step.values())
+
+
+PAIRS = [("SynFoC", "medsam", "Base MedSAM"), ("SynFoC", "unet", "Base U-Net")]
+
+
+def paired(per_seed: dict, folders: dict[str, dict[int, Path]]) -> dict[str, dict[str, dict[int, float]]]:
+    """{"SynFoC medsam − Base MedSAM": {"last": {seed: Δ}, "test-selected": {seed: Δ}}, ...}: SynFoC's student
+    minus its single-model baseline of the same training seed, mean Dice (fractions)."""
+    out = {}
+    for row, model, base in PAIRS:
+        if row in per_seed and base in per_seed:
+            seeds = list(folders[row])
+            out[f"{row} {model} − {base}"] = {
+                "last": {s: per_seed[row][model][s]["mean"] - per_seed[base][model][s]["mean"] for s in seeds},
+                "test-selected": {s: best_evaluated(folders[row][s], model) - best_evaluated(folders[base][s], model)
+                                  for s in seeds}}
+    return out
+
+
+def paired_markdown(pairs: dict) -> str:
+    if not pairs:
+        return ""
+    seeds = list(next(iter(pairs.values()))["last"])
+    lines = ["", "Paired differences (points of mean Dice, same training seed; test-selected = each student's best "
+             "evaluation on the TEST split, the paper's optimistic protocol):", "",
+             "| difference | checkpoint | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|---|" + "---|" * (len(seeds) + 1)]
+    for name, kinds in pairs.items():
+        for kind, d in kinds.items():
+            lines.append(f"| {name} | {kind} | " + " | ".join(f"{100 * d[s]:+.1f}" for s in seeds)
+                         + f" | **{100 * sum(d.values()) / len(d):+.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: dict, sds: dict, walls: dict, domains: list[str], title: str, several: bool) -> str:
     mean_head = "mean ± sd" if several else "mean"
     lines = [f"## {title}", "", "| row | student | " + " | ".join(domains) + f" | {mean_head} | train time |",
@@ -207,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/table7_s{args.data_seed}")
     out.mkdir(parents=True, exist_ok=True)
     rows = MAIN_ROWS + (ALL_ROWS if args.all else [])
-    results, sds, walls, folders, per_seed = {}, {}, {}, {}, {}
+    results, sds, walls, folders, per_seed, seed_folders = {}, {}, {}, {}, {}, {}
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     try:
         # seed-major: every row of seed 0 first, so an interrupted table already holds whole seeds
@@ -223,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.result()
         for name, _ in rows:
             runs = {s: plans[(name, s)][0] for s in seeds}                # seed -> folder
-            folders[name] = runs[seeds[0]]
+            folders[name], seed_folders[name] = runs[seeds[0]], runs
             walls[name] = sum(wall(f) for f in runs.values()) / len(runs)   # per run
             evals = {s: evaluate_run(f) for s, f in runs.items()}          # seed -> model -> domain -> Dice
             per_seed[name] = {m: {s: evals[s][m] for s in seeds} for m in evals[seeds[0]]}
@@ -245,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     title = f"Synthetic Table 7 — data seed {args.data_seed}, {cfg['steps']} steps, " + \
         (f"training seeds {', '.join(map(str, seeds))}, mean Dice (%) over the seeds" if several
          else "mean Dice (%)") + " on the full test split"
-    (out / "table7.md").write_text(markdown(results, sds, walls, domains, title, several))
-    (out / "table7.json").write_text(json.dumps(dict(results, _per_seed=per_seed, _meta=meta), indent=2))
+    pairs = paired(per_seed, seed_folders)
+    (out / "table7.md").write_text(markdown(results, sds, walls, domains, title, several) + paired_markdown(pairs))
+    (out / "table7.json").write_text(json.dumps(dict(results, _per_seed=per_seed, _paired=pairs, _meta=meta), indent=2))
     plots.plot_table7(results, {n: folders[n] for n in results}, out / "table7.png")
     print((out / "table7.md").read_text())
     if args.write_reference:

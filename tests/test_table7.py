@@ -16,7 +16,7 @@ def test_table7_end_to_end(tmp_path):
                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "table7.json").read_text())
-    assert list(res) == ["SupOnly", "Base U-Net", "Base MedSAM", "SynFoC", "_per_seed", "_meta"]
+    assert list(res) == ["SupOnly", "Base U-Net", "Base MedSAM", "SynFoC", "_per_seed", "_paired", "_meta"]
     assert set(res["SupOnly"]) == {"unet"} and set(res["Base MedSAM"]) == {"medsam"}
     assert set(res["SynFoC"]) == {"unet", "medsam"}
     for row in ("SupOnly", "Base U-Net", "Base MedSAM", "SynFoC"):
@@ -64,6 +64,21 @@ def test_table7_end_to_end(tmp_path):
             a, b = (res2["_per_seed"][row][model][k]["mean"] for k in ("0", "1"))
             sd = abs(a - b) / 2 ** 0.5  # the sample sd of two values
             assert f"**{100 * res2[row][model]['mean']:.1f}** ± {100 * sd:.1f}" in md2, (row, model)
+    # paired differences per seed: last = the rows' own means above; test-selected = each student's best mean over
+    # its evaluations (evals.csv), recomputed here
+    def best(folder, model):
+        rows = [line.split(",") for line in (folder / "evals.csv").read_text().splitlines()[1:]]
+        steps = {s for s, m, d, v in rows if m == model}
+        return max(sum(float(v) for s_, m, d, v in rows if m == model and s_ == s) / 4 for s in steps)
+    for (model, base), name in zip((("medsam", "Base_MedSAM"), ("unet", "Base_U-Net")),
+                                   ("SynFoC medsam − Base MedSAM", "SynFoC unet − Base U-Net")):
+        pr = res2["_paired"][name]
+        for seed, suf in (("0", ""), ("1", "_seed1")):
+            assert pr["last"][seed] == pytest.approx(res2["_per_seed"]["SynFoC"][model][seed]["mean"]
+                                                     - res2["_per_seed"][base.replace("_", " ")][model][seed]["mean"])
+            assert pr["test-selected"][seed] == pytest.approx(best(out / f"SynFoC{suf}", model) - best(out / f"{base}{suf}", model))
+        d = pr["test-selected"]
+        assert f"| {name} | test-selected | {100 * d['0']:+.1f} | {100 * d['1']:+.1f} | **{100 * (d['0'] + d['1']) / 2:+.1f}** |" in md2
     # a finished run of another data seed in the folder is an error, not a silent reuse
     r5 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "6", "--steps", "2", "--out", str(out),
                          "--data-root", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=120)
