@@ -83,9 +83,11 @@ def figure(runs: list[Path], base: list[Path], tau: float | None, out_png: Path,
     domains = list(qs[0][0])
     x = np.arange(len(domains))
     wd = 0.8 / len(runs)
-    fig = plt.figure(figsize=(16, 9))
-    top = [fig.add_subplot(2, 3, i + 1) for i in range(3)]
-    bottom = [fig.add_subplot(2, len(domains), len(domains) + i + 1) for i in range(len(domains))]
+    fig = plt.figure(figsize=(16, 9), layout="constrained")
+    n = len(domains)
+    gs = fig.add_gridspec(2, 3 * n)  # one grid for both rows: 3 top panels of n columns, n bottom panels of 3
+    top = [fig.add_subplot(gs[0, i * n:(i + 1) * n]) for i in range(3)]
+    bottom = [fig.add_subplot(gs[1, 3 * i:3 * (i + 1)]) for i in range(n)]
     for i, (name, (q, t)) in enumerate(zip(names, qs)):
         below = np.array([q[d][f"bgonly@{t:g}"] for d in domains])
         pos = x - 0.4 + wd * (i + 0.5)
@@ -104,7 +106,10 @@ def figure(runs: list[Path], base: list[Path], tau: float | None, out_png: Path,
                                "pseudo-label Dice (%) on the unlabeled images", "α and fg@τ")):
         ax.set_xticks(x, domains)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
+    top[0].set_ylim(0, 1.45)  # room for the legend above the bars
+    top[0].legend(fontsize=7, loc="upper center", ncol=2)
+    top[1].legend(fontsize=7)
+    top[2].legend(fontsize=7)
     for j, d in enumerate(domains_all := sorted({d for c in curves for m in c.values() for d in m})):
         if j >= len(bottom):
             break
@@ -121,7 +126,6 @@ def figure(runs: list[Path], base: list[Path], tau: float | None, out_png: Path,
         ax.set_xlabel("step")
         if j == 0:
             ax.legend(fontsize=7)
-    fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
