@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -256,7 +257,15 @@ def dataset_root(cfg: dict) -> Path:
     if cfg["dataset"] == "synthetic" and not root.exists():
         pre = data.PRESETS["synthetic"]
         print(f"generating the synthetic mixed-domain set in {root} ...")
-        synthetic.synthesize(root, seed=cfg.get("data_seed", 0), n_train=pre["n_train"], n_test=pre["n_test"])
+        # into a private folder, renamed when complete: two runs starting at once (bench/table7.py --jobs 2)
+        # or a killed generation never leave a half-written set where a run would read it
+        tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        synthetic.synthesize(tmp, seed=cfg.get("data_seed", 0), n_train=pre["n_train"], n_test=pre["n_test"])
+        try:
+            tmp.rename(root)
+        except OSError:  # another run finished first: the same seed wrote the same files
+            shutil.rmtree(tmp, ignore_errors=True)
     data.check_root(cfg["dataset"], root)
     return root
 
