@@ -165,12 +165,9 @@ def over_seeds(per_seed: dict[int, dict[str, float]]) -> tuple[dict[str, float],
 def best_evaluated(folder: Path, model: str) -> float:
     """The highest mean-over-domains test Dice of one student over the run's evaluations (evals.csv): the
     test-selected number of the authors' protocol, taken per student (best_test_selected.pt follows the SAM)."""
-    by_step: dict[str, list[float]] = {}
-    for line in (folder / "evals.csv").read_text().splitlines()[1:]:
-        step, m, _, dice = line.split(",")
-        if m == model:
-            by_step.setdefault(step, []).append(float(dice))
-    return max(sum(v) / len(v) for v in by_step.values())
+    per_domain = [dice for key, (_, dice) in plots.read_evals(folder / "evals.csv").items()
+                  if key.split(" ", 1)[0] == model]                        # [domains][evaluations], in %
+    return max(sum(col) / len(col) for col in zip(*per_domain)) / 100
 
 
 PAIRS = [("SynFoC", "medsam", "Base MedSAM"), ("SynFoC", "unet", "Base U-Net")]

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_table7_end_to_end(tmp_path):
+def test_table7_end_to_end(tmp_path, capsys):
     out = tmp_path / "t7"
     r = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
                         "--data-root", str(tmp_path / "data"), "--train-args", "--sam", "tiny", "--unet-width", "4",
@@ -33,11 +33,12 @@ def test_table7_end_to_end(tmp_path):
     assert (out / "table7.png").stat().st_size > 1000
     md = (out / "table7.md").read_text()
     assert "| SynFoC | medsam |" in md and "data seed 5" in md
-    # a second call reuses the finished runs instead of training again
-    r2 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
-                         "--data-root", str(tmp_path / "data"), "--train-args", "--sam", "tiny", "--unet-width", "4",
-                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r2.returncode == 0 and r2.stdout.count("reusing") == 4
+    # a second call (in this process: no training, no second torch import) reuses the finished runs
+    sys.path.insert(0, str(ROOT / "bench"))
+    import table7
+    assert table7.main(["--data-seed", "5", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
+                        "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 4
     assert json.loads((out / "table7.json").read_text())["SynFoC"] == res["SynFoC"]
     # a second training seed: seed 0's runs are reused, seed 1's trained into <Row>_seed1, the table gives the
     # mean over seeds (checked here against each run's own evals.csv) and the sample sd of the mean Dice
@@ -79,21 +80,19 @@ def test_table7_end_to_end(tmp_path):
             assert pr["test-selected"][seed] == pytest.approx(best(out / f"SynFoC{suf}", model) - best(out / f"{base}{suf}", model))
         d = pr["test-selected"]
         assert f"| {name} | test-selected | {100 * d['0']:+.1f} | {100 * d['1']:+.1f} | **{100 * (d['0'] + d['1']) / 2:+.1f}** |" in md2
+    # the error cases run in this process too (no training happens)
+    capsys.readouterr()
     # a finished run of another data seed in the folder is an error, not a silent reuse
-    r5 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "6", "--steps", "2", "--out", str(out),
-                         "--data-root", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r5.returncode == 2 and "holds a run with {'data_seed': 5, 'seed': 0}" in r5.stderr, r5.stderr[-500:]
-    assert len(r5.stderr.strip().splitlines()) == 1
+    assert table7.main(["--data-seed", "6", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with {'data_seed': 5, 'seed': 0}" in err and len(err.strip().splitlines()) == 1, err[-500:]
     # a finished run trained with another configuration (here the Dice mask) is an error, not a silent reuse
-    r6 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
-                         "--data-root", str(tmp_path / "data"), "--train-args", "--sam", "tiny", "--unet-width", "4",
-                         "--device", "cpu", "--dice-mask", "all"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r6.returncode == 2 and "trained with dice_mask = 'fg', this table asks for 'all'" in r6.stderr, r6.stderr[-500:]
-    assert len(r6.stderr.strip().splitlines()) == 1
+    assert table7.main(["--data-seed", "5", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
+                        "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu", "--dice-mask", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with dice_mask = 'fg', this table asks for 'all'" in err and len(err.strip().splitlines()) == 1, err[-500:]
     # a setting only the SAM reads (here the LoRA rank): the U-Net rows are the same runs and are reused, the
     # SAM rows are not
-    sys.path.insert(0, str(ROOT / "bench"))
-    import table7
     args = table7.build_parser().parse_args(["--data-seed", "5", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
                               "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu", "--rank", "8"])
     for row, flags in table7.MAIN_ROWS[:2]:
@@ -102,6 +101,5 @@ def test_table7_end_to_end(tmp_path):
         with pytest.raises(ValueError, match="trained with rank = 4, this table asks for 8"):
             table7.plan_row(row, flags, args, out, 0)
     # the reference file is one run per row
-    r4 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--out", str(out), "--seed", "0", "1",
-                         "--write-reference"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert r4.returncode == 2 and r4.stderr.startswith("error: --write-reference takes one --seed")
+    assert table7.main(["--data-seed", "5", "--out", str(out), "--seed", "0", "1", "--write-reference"]) == 2
+    assert capsys.readouterr().err.startswith("error: --write-reference takes one --seed")
