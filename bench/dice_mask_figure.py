@@ -41,9 +41,8 @@ STYLES = ["-", "--", "-.", (0, (5, 1))]
 MODEL_COLOURS = {"medsam": "tab:blue", "unet": "tab:orange"}
 
 
-def quality(run: Path, tau: float | None, device: str) -> tuple[dict, float]:
+def quality(run: Path, cfg: dict, tau: float | None, device: str) -> tuple[dict, float]:
     """(per-domain pseudo_labels table at tau (default: the run's), tau) with <run>/pseudo_labels.json as cache."""
-    cfg = load_checkpoint(run)["config"]
     tau = cfg["tau"] if tau is None else tau
     cache = run / "pseudo_labels.json"
     if cache.is_file():
@@ -55,9 +54,8 @@ def quality(run: Path, tau: float | None, device: str) -> tuple[dict, float]:
     return res, tau
 
 
-def labels(runs: list[Path]) -> list[str]:
+def labels(runs: list[Path], cfgs: list[dict]) -> list[str]:
     """'fg' / 'all' per run, with ' 64 px' when the runs differ in LiteMedSAM size, ' (name)' when still equal."""
-    cfgs = [load_checkpoint(r)["config"] for r in runs]
     names = [c.get("dice_mask", "all") for c in cfgs]
     if len({c.get("lite_size") for c in cfgs}) > 1:
         names = [f"{n} {c.get('lite_size')} px" for n, c in zip(names, cfgs)]
@@ -77,8 +75,9 @@ def student_curves(run: Path) -> dict[str, dict[str, tuple[np.ndarray, np.ndarra
 
 def figure(runs: list[Path], base: list[Path], tau: float | None, out_png: Path, device: str = "cpu") -> str:
     """Draw the figure to out_png; returns the Markdown table it also prints."""
-    names = labels(runs)
-    qs = [quality(r, tau, device) for r in runs]
+    cfgs = [load_checkpoint(r)["config"] for r in runs]  # each checkpoint read here once (and by pseudo_labels)
+    names = labels(runs, cfgs)
+    qs = [quality(r, c, tau, device) for r, c in zip(runs, cfgs)]
     curves = [student_curves(r) for r in runs]
     domains = list(qs[0][0])
     x = np.arange(len(domains))
@@ -96,9 +95,10 @@ def figure(runs: list[Path], base: list[Path], tau: float | None, out_png: Path,
         top[0].bar(pos, below, wd, bottom=1 - below, color="tab:red" if name.startswith("all") else "tab:purple",
                    edgecolor="k", hatch=["", "//", "..", "xx"][i % 4],
                    label=f"{name}: below τ ({'no gradient' if name.startswith('all') else 'background channel only'})")
-        for k, (col, c) in enumerate((("sam", "tab:blue"), ("unet", "tab:orange"), ("ens", "k"))):
+        for k, (col, c, what) in enumerate((("sam", "tab:blue", "sam teacher"), ("unet", "tab:orange", "unet teacher"),
+                                            ("ens", "k", "ensemble"))):
             top[1].plot(pos, [100 * q[d][col] for d in domains], marker="os^"[k], ls="", color=c,
-                        label=f"{col} teacher" if i == 0 and col != "ens" else ("ensemble" if i == 0 and col == "ens" else None))
+                        label=what if i == 0 else None)  # one legend entry per series
         top[2].plot(x, [q[d]["alpha"] for d in domains], marker="o", ls=STYLES[i % 4], color="tab:gray", label=f"α, {name}")
         top[2].plot(x, [q[d][f"fg@{t:g}"] for d in domains], marker="s", ls=STYLES[i % 4], color="tab:green",
                     label=f"fg@τ, {name}")
