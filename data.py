@@ -310,9 +310,11 @@ def _nearest(label: np.ndarray, size: int) -> np.ndarray:
 
 
 class _TrainSet(torch.utils.data.Dataset):
-    def __init__(self, dataset: str, cases: list, sam_size: int, sam_logit_size: int, seed: int = 0):
+    def __init__(self, dataset: str, cases: list, sam_size: int, sam_logit_size: int, seed: int = 0,
+                 unet_size: int | None = None):
         self.dataset, self.p, self.cases = dataset, spec(dataset), list(cases)
-        self.I, self.R, self.S, self.seed = sam_size, sam_logit_size, self.p["unet_size"], seed
+        self.I, self.R, self.seed = sam_size, sam_logit_size, seed
+        self.S = unet_size or self.p["unet_size"]  # train.py --unet-size, else the dataset's
         self.W = max(sam_size, self.S)  # augment once at the larger working resolution
 
     def __len__(self) -> int:
@@ -360,11 +362,13 @@ class UnlabeledSet(_TrainSet):
 
 class TestSet(torch.utils.data.Dataset):
     """No augmentation. item -> img_sam [3,I,I], img_unet [C_in,S,S], label_unet int64[S,S], name (image
-    file stem), domain (1-based). `limit` keeps the first `limit` cases of each domain."""
+    file stem), domain (1-based). `limit` keeps the first `limit` cases of each domain; S = `unet_size` (the
+    run's --unet-size), else the dataset's."""
     __test__ = False  # not a pytest test class
 
-    def __init__(self, dataset: str, cases: list, sam_size: int, limit: int | None = None):
-        self.dataset, self.p, self.I, self.S = dataset, spec(dataset), sam_size, spec(dataset)["unet_size"]
+    def __init__(self, dataset: str, cases: list, sam_size: int, limit: int | None = None, unet_size: int | None = None):
+        self.dataset, self.p, self.I = dataset, spec(dataset), sam_size
+        self.S = unet_size or self.p["unet_size"]
         seen: dict[int, int] = {}
         self.cases = []
         for c in cases:

@@ -72,6 +72,7 @@ import data
 from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
 from metrics import METRICS, case_metrics
 from predict import EvalError, OneLineParser, amp_dtype, cli_main, overlay, pick_device, which_models
+from speedups import AMP_CHOICES
 from tables import aggregate, aggregate_runs, format_table
 
 # -----------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
     sam_size = cfg.get("sam_size") or S
     if per_volume:
         cases = _volume_order(dataset, cases)
-    ds = data.TestSet(dataset, cases, sam_size, limit=limit)
+    ds = data.TestSet(dataset, cases, sam_size, limit=limit, unet_size=S)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
     rows: list[dict] = []
     drawn: dict[tuple[str, int], int] = {}
@@ -335,8 +336,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=4, help="test images per forward pass (default 4)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default: 4 on CUDA, 0 on CPU)")
-    p.add_argument("--amp", choices=["off", "fp16", "bf16"],
-                   help="autocast for the forward passes (default: the training setting on CUDA, off on CPU)")
+    p.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
+                   help="autocast for the forward passes; auto = the training setting on CUDA, on a CPU bf16 only "
+                        "where it is native and the run trained in bf16, else off (default auto)")
     a = p.parse_args(argv)
     for flag in ("limit", "batch_size"):
         v = getattr(a, flag)

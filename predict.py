@@ -43,6 +43,7 @@ import data
 from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
 from metrics import part_mask, surface
 from sam_checkpoint import CheckpointError
+from speedups import AMP_CHOICES, AMP_DTYPES, choose_amp
 from transforms import resize_label, to_input
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -79,9 +80,9 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def amp_dtype(name: str | None, cfg: dict, device: torch.device) -> torch.dtype | None:
-    """--amp (default: the training setting on CUDA, off on CPU) as an autocast dtype, None = off."""
-    name = name or (cfg.get("amp", "off") if device.type == "cuda" else "off")
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name)
+    """--amp as an autocast dtype, None = off; auto (or None): speedups.choose_amp with the training setting
+    (CUDA: it; a CPU: bf16 only where native and trained so, else fp32)."""
+    return AMP_DTYPES.get(choose_amp(name, device.type, cfg.get("amp", "off"))[0])
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -222,8 +223,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="which student segments (default: medsam; unet if the run has no SAM)")
     p.add_argument("--sam-ckpt", help="base SAM/MedSAM weights (default: the path recorded in the checkpoint)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--amp", choices=["off", "fp16", "bf16"],
-                   help="autocast for the forward passes (default: the training setting on CUDA, off on CPU)")
+    p.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
+                   help="autocast for the forward passes; auto = the training setting on CUDA, on a CPU bf16 only "
+                        "where it is native and the run trained in bf16, else off (default auto)")
     return p.parse_args(argv)
 
 

@@ -30,8 +30,10 @@ from synfoc import Run
 METRIC_NAMES = ["loss", "L_x", "L_u", "L_c", "L_d", "lambda", "alpha", "phi_self", "phi_mut", "mask_ratio",
                 "dice_sam_teacher", "dice_unet_teacher", "dice_ensemble"]
 # the settings that define "the same budget" for the reference train.py prints (every one must match)
+# What makes a run the reference's budget. Not "amp": fp32 and native bf16 differ by rounding (as threads do),
+# and the printed line names the precision the reference was measured in.
 BUDGET_KEYS = ("steps", "burn_in", "batch", "lr_sam", "lr_unet", "ema", "tau", "rank", "sam", "lite_size",
-               "head_init", "sam_norm", "unet_norm", "unet_layer", "unet_width", "amp", "labeled", "domain",
+               "head_init", "sam_norm", "unet_norm", "unet_layer", "unet_width", "unet_size", "labeled", "domain",
                "seed", "data_seed", "dice_mask")
 REFERENCE = Path(__file__).resolve().parent / "bench" / "synthetic_reference.json"  # written by bench/table7.py
 
@@ -105,8 +107,10 @@ def reference_line(cfg: dict) -> str:
     if any(cfg.get(k) != ref["budget"].get(k) for k in BUDGET_KEYS):
         return ""
     doms = data.PRESETS["synthetic"]["domains"]
+    amp = ref.get("amp", ref["budget"].get("amp", "off"))  # the precision the reference trained in
     lines = [f"the same budget's baselines, measured by bench/table7.py on {ref['date']} ({ref['machine']}; "
-             f"data seed {ref['data_seed']}, training seed {ref['seed']}), mean Dice (%):"]
+             f"{'fp32' if amp == 'off' else amp}; data seed {ref['data_seed']}, training seed {ref['seed']}), "
+             "mean Dice (%):"]
     for row, models in ref["results"].items():
         for model, r in models.items():
             lines.append(f"  {row + ' (' + model + ')':<26}" + "".join(f"{d} {100 * r[d]:5.1f}  " for d in doms)

@@ -18,11 +18,23 @@ per-step losses; tests/test_speedups.py their fp32 losses and gradients):
   4. Fused optimisers (one kernel per step, no host sync in GradScaler.step) on CUDA (synfoc.build_run).
 `--fast-attn` (SDPA for the MedSAM ViT) and `--compile` stay opt-in flags of their own; `--plain` refuses them.
 Measured on this project's CPU: bench/README.md.
+
+Precision by capability (`--amp auto`, the default of train.py, evaluate.py, predict.py and bench/step.py):
+choose_amp() picks fp16 with the GradScaler on CUDA (the authors' code), bf16 on a CPU that computes bf16
+natively (AVX-512 BF16 or AMX), fp32 (`off`) on any other CPU, where bf16 autocast is emulated: a 3x3 conv
+runs ~100x slower than in fp32 on an AVX2-only CPU (EXPERIMENTS.md "Precision by capability").
 """
 from __future__ import annotations
 
+import platform
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
+
+AMP_CHOICES = ("auto", "off", "fp16", "bf16")
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # "off": no autocast
 
 
 def fold_frozen_conv_bn(encoder: nn.Module) -> int:
@@ -80,3 +92,74 @@ def optimise_models(unet: nn.Module | None, sam: nn.Module | None) -> dict[str, 
 def ema_foreach(teacher: list[torch.Tensor], student: list[torch.Tensor], decay: float) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, all tensors in one foreach call (change 3)."""
     torch._foreach_lerp_(teacher, [s.detach() for s in student], 1.0 - decay)
+
+
+# ----------------------------------------------------------------------------- precision by capability
+
+def cpu_bf16_native() -> tuple[bool, str]:
+    """(whether this CPU computes bf16 natively, what it has in words).
+
+    The signal is torch's own CPUID reading through cpuinfo (`torch.cpu._is_avx512_bf16_supported`,
+    `_is_amx_tile_supported`): exact, free and deterministic. Not `torch.backends.cpu.get_cpu_capability()`: it
+    says "AVX512" on AVX-512 CPUs with and without BF16 alike (Ice Lake, Cascade Lake: no BF16). Not oneDNN's
+    `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: it is true on every AVX-512 CPU, where oneDNN emulates bf16
+    (2-4x slower than fp32 there, measured). Not a timed probe at start-up: it costs seconds and a loaded machine
+    can make it lie. Non-x86 CPUs (aarch64 has no such query in torch) count as not native: fp32 is the safe side."""
+    cap = torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2", "AVX512", "DEFAULT"
+    cpu = getattr(torch, "cpu", None)
+    amx = bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    bf16 = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    if amx or bf16:
+        return True, "AMX" if amx else "AVX-512 BF16"
+    return False, cap if platform.machine().lower() in ("x86_64", "amd64", "i686") else f"{platform.machine()} {cap}"
+
+
+def capability_line(device: str = "cpu") -> str:
+    """The machine in one line (.ci/run and bench/step.py print it): CPU model, torch's ISA level, whether bf16
+    is native, torch threads, torch version, and the GPU when `device` is CUDA."""
+    native, what = cpu_bf16_native()
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        info = []
+    model = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.machine())
+    line = (f"{model} | {torch.backends.cpu.get_cpu_capability()} | bf16 "
+            f"{'native (' + what + ')' if native else 'emulated'} | {torch.get_num_threads()} threads | "
+            f"torch {torch.__version__}")
+    return line + (f" | {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else "")
+
+
+_warned: set[str] = set()  # choose_amp's warnings already printed by this process
+
+
+def choose_amp(requested: str | None, device_type: str, trained: str | None = None) -> tuple[str, str]:
+    """(amp, reason) for `--amp requested` on `device_type` ("cuda" / "cpu"); amp is "off", "fp16" or "bf16".
+
+    auto (or None): on CUDA `trained` when given (evaluate.py/predict.py: the training run's setting), else
+    fp16 (the authors' code, with the GradScaler); on a CPU bf16 where it is native (and, given `trained`, the run
+    trained in bf16), else off. An explicit choice is kept; bf16 on a CPU that emulates it warns once (stderr)."""
+    requested = requested or "auto"
+    if requested not in AMP_CHOICES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {requested!r}")
+    if device_type == "cuda":
+        if requested != "auto":
+            return requested, f"--amp {requested}"
+        if trained not in (None, "off"):
+            return trained, f"CUDA: the training run's setting ({trained})"
+        return ("off", "CUDA: the run trained in fp32") if trained == "off" else \
+            ("fp16", "CUDA: fp16 with the GradScaler, as the authors' code")
+    native, what = cpu_bf16_native()
+    if requested != "auto":
+        if requested == "bf16" and not native:
+            msg = (f"warning: --amp bf16 on a CPU without native bf16 ({what}): bf16 is emulated there, 2-100x "
+                   "slower than --amp off")
+            if msg not in _warned:
+                _warned.add(msg)
+                print(msg, file=sys.stderr, flush=True)
+            return requested, f"--amp bf16, emulated on this CPU ({what}): slow"
+        return requested, f"--amp {requested}"
+    if not native:
+        return "off", f"CPU without native bf16: {what}"
+    if trained not in (None, "bf16"):
+        return "off", f"CPU with native bf16 ({what}), but the run trained with --amp {trained}"
+    return "bf16", f"CPU with native bf16: {what}"

@@ -77,7 +77,7 @@ class TBLog:
         cfg, S = run.cfg, run.cfg["unet_size"]
         domains = data.spec(cfg["dataset"])["domains"]
         firsts = [next(c for c in test_cases if c[2] == d) for d in sorted({c[2] for c in test_cases})][:N_PICTURES]
-        ds = data.TestSet(cfg["dataset"], firsts, cfg.get("sam_size") or S)
+        ds = data.TestSet(cfg["dataset"], firsts, cfg.get("sam_size") or S, unet_size=S)
         models = {n: m for n, m in (("medsam", run.sam), ("unet", run.unet)) if m is not None}
         for m in models.values():
             m.eval()

@@ -56,6 +56,7 @@ import synthetic
 from checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, save_atomic
 from runlog import METRIC_NAMES, Log, dice_table, evaluate_students, reference_line
 from sam_checkpoint import CheckpointError
+from speedups import AMP_CHOICES, choose_amp
 from synfoc import Run, build_run, lam, train_step
 from transforms import random_box
 
@@ -132,11 +133,15 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--lr-sam", type=float, help="SAM AdamW learning rate (default: preset; 1.2e-4 = the authors' code "
                                                          "for the paper's datasets, the paper prints 1e-4; synthetic 1e-4)")
     p.add_argument("--unet-width", type=int, help="U-Net base width (default: preset; 64 = paper)")
+    p.add_argument("--unet-size", type=int, help="U-Net input size S, a multiple of 16; images and labels are resized "
+                                                 "to S x S (default: preset; fundus 256 = paper)")
     p.add_argument("--eval-every", type=int, help="evaluate on every test split and write last.pt every N steps (default: preset)")
     p.add_argument("--log-every", type=int, help="write a metrics.csv row every N steps (default 10)")
     p.add_argument("--test-limit", type=int, help="use only the first N test images per domain in periodic "
                                                   "evaluation (default: all)")
-    p.add_argument("--amp", choices=["off", "fp16", "bf16"], help="autocast (default: preset, else fp16 on CUDA, off on CPU)")
+    p.add_argument("--amp", choices=list(AMP_CHOICES),
+                   help="autocast: auto = fp16 on CUDA (the authors'), bf16 on a CPU with native bf16 (AVX-512 BF16 "
+                        "or AMX), off (fp32) on any other CPU, where bf16 is emulated and slow (default: preset, auto)")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default: half the CPUs, at most 8, on "
                                                "CUDA; 0 on CPU)")
@@ -168,11 +173,12 @@ def resolve_config(given: dict) -> dict:
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1.2e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
-        amp=pre.get("amp") or ("fp16" if device.startswith("cuda") else "off"), device=device,
+        amp=pre.get("amp") or "auto", device=device, unet_size=pre["unet_size"],
         workers=min(8, (os.cpu_count() or 2) // 2) if device.startswith("cuda") else 0, threads=None, seed=0, out=None)
     for k, v in given.items():
         if k in cfg:
             cfg[k] = list(v) if isinstance(v, tuple) else v
+    cfg["amp"], cfg["amp_reason"] = choose_amp(cfg["amp"], "cuda" if device.startswith("cuda") else "cpu")
     if "burn_in" not in given and "burn_in_frac" in pre:  # a preset's burn-in is a share of the steps
         cfg["burn_in"] = int(pre["burn_in_frac"] * cfg["steps"])
     if "labeled" in given:      # one of the two counts wins, never both silently
@@ -207,11 +213,13 @@ def resolve_config(given: dict) -> dict:
         raise ConfigError(f"--batch needs two sizes >= 1, got {cfg['batch']}")
     if not 0.0 < cfg["tau"] <= 1.0 or not 0.0 <= cfg["ema"] < 1.0:
         raise ConfigError("--tau must be in (0, 1] and --ema in [0, 1)")
+    if cfg["unet_size"] % 16 or cfg["unet_size"] < 16:
+        raise ConfigError(f"--unet-size must be a positive multiple of 16 (four 2x poolings), got {cfg['unet_size']}")
     if cfg["lite_size"] % 64 or cfg["lite_size"] < 64:
         raise ConfigError(f"--lite-size must be a positive multiple of 64, got {cfg['lite_size']}")
     if cfg["head_init"] == "pretrained" and cfg["sam"] == "tiny":
         raise ConfigError("--head-init pretrained needs pretrained weights: --sam medsam or litemedsam, not tiny")
-    cfg.update(num_classes=pre["num_classes"], in_channels=pre["in_channels"], unet_size=pre["unet_size"],
+    cfg.update(num_classes=pre["num_classes"], in_channels=pre["in_channels"],
                parts=[list(p) for p in pre["parts"]], part_names=list(pre["part_names"]),
                sam_tiny=dict(TINY_SAM, global_attn_indexes=list(TINY_SAM["global_attn_indexes"]))
                if cfg["sam"] == "tiny" else None)
@@ -356,6 +364,10 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             (out / f).unlink(missing_ok=True)
         (out / "config.json").write_text(json.dumps(cfg, indent=2))
     log.line(("resuming " if ck else "config ") + json.dumps(cfg))
+    if ck is not None:  # the saved setting continues; bf16 on a CPU that emulates it still warns
+        choose_amp(cfg["amp"], run.device.type)
+    why = "the resumed run's setting" if ck is not None else cfg["amp_reason"]
+    log.line(f"amp: {cfg['amp']} ({why})")
     log.line(f"labeled {len(lab_cases)} | unlabeled {len(unl_cases)} | test {len(test_cases)} | I={I} R={R} "
              f"S={cfg['unet_size']}")
     start, best = restore(run, ck) if ck is not None else (0, -1.0)
@@ -365,8 +377,10 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     loader = lambda ds, bsz, tag: iter(torch.utils.data.DataLoader(  # noqa: E731
         ds, batch_sampler=StepSampler(len(ds), bsz, cfg["seed"], tag, start, T, rank_key), num_workers=cfg["workers"],
         pin_memory=run.device.type == "cuda"))
-    lab_iter = loader(data.LabeledSet(cfg["dataset"], lab_cases, I, R, seed=cfg["seed"]), L, 1)
-    unl_iter = loader(data.UnlabeledSet(cfg["dataset"], unl_cases, I, R, seed=cfg["seed"] + 1), U, 2) if semi else None
+    S = cfg["unet_size"]
+    lab_iter = loader(data.LabeledSet(cfg["dataset"], lab_cases, I, R, seed=cfg["seed"], unet_size=S), L, 1)
+    unl_iter = loader(data.UnlabeledSet(cfg["dataset"], unl_cases, I, R, seed=cfg["seed"] + 1, unet_size=S),
+                      U, 2) if semi else None
     to_dev = lambda b: {k: v.to(run.device, non_blocking=True) for k, v in b.items()}  # noqa: E731
 
     acc = torch.zeros(len(METRIC_NAMES), device=run.device)   # running sums on device: no host sync per step

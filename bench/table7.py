@@ -66,6 +66,7 @@ import predict  # noqa: E402
 import train  # noqa: E402
 from checkpoint import build_students, load_checkpoint  # noqa: E402
 from runlog import BUDGET_KEYS, REFERENCE  # noqa: E402  (the reference file train.py prints from)
+from speedups import capability_line  # noqa: E402
 
 MAIN_ROWS = [("SupOnly", ["--mode", "suponly"]), ("Base U-Net", ["--mode", "unet"]),
              ("Base MedSAM", ["--mode", "medsam"]), ("SynFoC", [])]
@@ -81,7 +82,7 @@ def row_folder(out: Path, name: str, seed: int) -> Path:
 
 # config keys that may differ between a reused run and this table: where and how fast it ran, and logging
 # (plain / compile / fast_attn change float rounding only: speedups.py, tests/test_speedups.py)
-IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compile", "fast_attn"}
+IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compile", "fast_attn", "amp_reason"}
 # keys read only where a SAM is built (checkpoint.build_models, the AdamW of synfoc.build_run): a SupOnly or Base
 # U-Net run is the same run whatever they say, so a --lite-size 64 table reuses the U-Net rows of a 128 one
 SAM_ONLY = {"lite_size", "rank", "lr_sam", "head_init", "sam_norm", "sam_ckpt"}
@@ -282,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(data_seed=args.data_seed, seed=seeds[0], seeds=seeds, steps=cfg["steps"], rows={n: f for n, f in rows},
                 train_seconds=walls, machine=f"{platform.machine()}, {os.cpu_count()} CPUs, "
                 + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-                date=time.strftime("%Y-%m-%d"), budget={k: cfg.get(k) for k in BUDGET_KEYS}, jobs=args.jobs,
-                threads=threads)
+                cpu=capability_line(), amp=cfg["amp"], date=time.strftime("%Y-%m-%d"),
+                budget={k: cfg.get(k) for k in BUDGET_KEYS}, jobs=args.jobs, threads=threads)
     several = len(seeds) > 1
     title = f"Synthetic Table 7 — data seed {args.data_seed}, {cfg['steps']} steps, " + \
         (f"training seeds {', '.join(map(str, seeds))}, mean Dice (%) over the seeds" if several

@@ -14,12 +14,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import step as bench_step  # noqa: E402  (bench/step.py)
 
+import speedups  # noqa: E402
 from checkpoint import TINY_SAM  # noqa: E402
 from medsam_lora import build_sam  # noqa: E402
 
 cuda = pytest.mark.cuda  # tests/conftest.py skips it without a GPU; bench/gpu_check.sh runs -m cuda
-FIELDS = ["config", "device", "s/step", "images/s", "peak memory", "FLOPs/step", "TFLOP/s", "fraction of peak",
-          "split", "json"]
+FIELDS = ["config", "device", "capability", "amp", "s/step", "images/s", "peak memory", "FLOPs/step", "TFLOP/s",
+          "fraction of peak", "split", "json"]
 
 
 def parse(text: str) -> dict[str, str]:
@@ -75,7 +76,9 @@ def run_bench(argv: list[str], capsys) -> tuple[dict[str, str], dict]:
 
 def test_reduced_cpu_run_prints_parsable_fields(capsys):
     fields, js = run_bench(["--device", "cpu", "--warmup", "1", "--steps", "1"], capsys)
-    assert "fundus | tiny ViT 64 | U-Net 8 @ 64 | batch 1+1 | amp off" in fields["config"]
+    amp, why = speedups.choose_amp("auto", "cpu")  # the reduced default: off on this CPU unless bf16 is native
+    assert f"fundus | tiny ViT 64 | U-Net 8 @ 64 | batch 1+1 | amp {amp}" in fields["config"]
+    assert fields["amp"] == f"{amp} ({why})" and fields["capability"] == speedups.capability_line("cpu")
     assert fields["device"] == "cpu" and fields["peak memory"] == "n/a"
     assert fields["fraction of peak"].startswith("n/a")
     s, ips, flops, tf = (number(fields[k]) for k in ("s/step", "images/s", "FLOPs/step", "TFLOP/s"))

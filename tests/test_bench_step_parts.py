@@ -48,12 +48,32 @@ def test_compare_times_both_steps(capsys):
 
 
 def test_synthetic_real_batches(tmp_path, capsys):
-    """--dataset synthetic reads the generated set through train.py's datasets (here with a tiny SAM)."""
+    """--dataset synthetic reads the generated set through train.py's datasets (here with a tiny SAM), at the
+    --unet-size asked for: the real batches come at that size (a mismatch with the models would fail)."""
     out, js = run(["--dataset", "synthetic", "--sam", "tiny", "--unet-width", "4", "--device", "cpu", "--warmup", "0",
-                   "--steps", "1", "--parts", "--data-root", str(tmp_path)], capsys)
+                   "--steps", "1", "--parts", "--data-root", str(tmp_path), "--unet-size", "64"], capsys)
     assert (tmp_path / "synthetic" / "synthetic.json").is_file()
-    assert "real batches" in js["config"] and "U-Net 4 @ 256" in js["config"] and "batch 2+2" in js["config"]
+    assert "real batches" in js["config"] and "U-Net 4 @ 64" in js["config"] and "batch 1+1" in js["config"]
     assert js["parts"]["optimised"]["data loading + augmentation"][0] > 0
+
+
+def test_the_preset_step_is_at_most_60_gflop():
+    """The embedded default's SynFoC step (LiteMedSAM with its shipped weights, fp32, random inputs of the
+    preset's shapes) counts <= 60 GFLOP: the any-CPU budget (EXPERIMENTS.md "A preset for any CPU")."""
+    args = bench_step.parse_args(["--dataset", "synthetic", "--device", "cpu", "--amp", "off"])
+    run, cfg = bench_step.build(args, None, plain=False)
+    flops = bench_step.count_flops(run, bench_step.make_inputs(run, cfg, 1, run.device, 0), 0)
+    assert cfg["unet_size"] == 128 and run.sam.image_size == 64
+    assert 20e9 < flops <= 60e9, flops / 1e9
+
+
+def test_sizes_reach_train_py():
+    """--lite-size and --unet-size go to train.py's command line (the preset's when not given)."""
+    args = bench_step.parse_args(["--dataset", "synthetic", "--lite-size", "128", "--unet-size", "96"])
+    argv = bench_step.train_argv(args, None, "out")
+    assert argv[argv.index("--lite-size") + 1] == "128" and argv[argv.index("--unet-size") + 1] == "96"
+    argv = bench_step.train_argv(bench_step.parse_args(["--dataset", "synthetic"]), None, "out")
+    assert "--lite-size" not in argv and "--unet-size" not in argv
 
 
 def test_distance_by_hand():

@@ -29,7 +29,8 @@ WHEEL_BUDGET = 1 << 20  # the carried wheels: one small pure-Python wheel; 64 Mi
 
 def run_script(out: Path, timeout: int, **env) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if k not in ("SECTIONS", "BUDGET_S", "PEAK_TFLOPS")}
-    e.update(OUT=str(out), GPU_CHECK_DRY="1", **env)
+    e.update(OUT=str(out), GPU_CHECK_DRY="1", PYTHON=sys.executable)  # the interpreter running the tests
+    e.update(env)
     return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
 
 
@@ -98,6 +99,19 @@ def test_sections_switch_and_a_spent_budget(tmp_path):
     report = json.loads((tmp_path / "b" / "gpu_report.json").read_text())
     assert proc.returncode == 1 and report["sections"][0]["status"] == "SKIP"
     assert "budget" in report["sections"][0]["why"] and "SOME SECTIONS FAILED" in proc.stdout
+
+
+def test_every_step_runs_the_given_interpreter(tmp_path):
+    """PYTHON names the interpreter of every Python step (the suite passes its own: with pytest run as
+    venv/bin/python -m pytest and the venv not activated, python3 on PATH may lack torch)."""
+    marker = tmp_path / "calls.txt"
+    wrapper = tmp_path / "py"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {marker}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    proc = run_script(tmp_path / "o", timeout=600, SECTIONS="env", CAP_SCALE="20", PYTHON=str(wrapper))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    calls = marker.read_text().split()
+    assert "-" in calls and "bench/gpu_report.py" in calls  # the env probe (stdin script) and the report writer
 
 
 # ----------------------------------------------------------------------------- the script's header and caps
