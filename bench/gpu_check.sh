@@ -47,7 +47,7 @@
 # Exit status 0 only when every section that ran passed.
 set -u
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
+export PY="${PYTHON:-python3}"  # exported: each section runs in its own bash
 ROOT="$PWD"
 export OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"

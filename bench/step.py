@@ -190,7 +190,7 @@ def make_inputs(run, cfg: dict, steps: int, device: torch.device, seed: int) -> 
     label = lambda *shape: torch.randint(0, C, shape, generator=g).to(device)  # noqa: E731
     lb = dict(img_unet=rand(L, Cin, S, S), img_sam=rand(L, 3, I, I), label_unet=label(L, S, S), label_sam=label(L, R, R))
     ub = dict(weak_unet=rand(U, Cin, S, S), weak_sam=rand(U, 3, I, I), strong_unet=rand(U, Cin, S, S),
-              strong_sam=rand(U, 3, I, I), label_unet=label(U, S, S))
+              strong_sam=rand(U, 3, I, I), label_unet=label(U, S, S), label_sam=label(U, R, R))
     masks = [train.boxes(t, U, S, cfg["seed"]).to(device) for t in range(steps)]  # [U,1,S,S] each
     return Inputs([lb] * steps, [ub] * steps, masks)
 

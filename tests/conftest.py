@@ -5,6 +5,7 @@ The `cuda` marker: a test (or a `pytest.param("cuda", marks=pytest.mark.cuda)` c
 one it is skipped here, said so with -rs; on a GPU machine `python -m pytest -m cuda tests` runs exactly these
 (bench/gpu_check.sh does, and fails if any of them is skipped or errors).
 """
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project is flat scripts at the repository root, not a package
 
 SHARED_DATA = ROOT / "tests" / "data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores (pytest.ini): one thread each, and their
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses too, so the workers never oversubscribe the CPU
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

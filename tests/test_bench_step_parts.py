@@ -84,7 +84,8 @@ def test_distance_by_hand():
     assert step_parity.distance(a, b, {2})["loss"] == dict(max=1.0, mean=1.0)
 
 
-def test_step_parity_end_to_end(tmp_path):
+def test_step_parity_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # --data-root tests/data is relative
     """Three tiny runs on the real Fundus sample files (fp32): files written, the verdict is the exit code, and the
     optimised step stays at rounding distance from the plain one (a different function would differ by ~0.1-1)."""
     out = tmp_path / "par"
@@ -102,8 +103,10 @@ def test_step_parity_end_to_end(tmp_path):
     assert rows[0].startswith("run,step,loss") and len(rows) == 1 + 3 * 3
     cfgs = {n: json.loads((out / n / "config.json").read_text()) for n in ("plain", "plain_1t", "optimised")}
     assert cfgs["plain"]["plain"] and cfgs["plain_1t"]["threads"] == 1 and not cfgs["optimised"]["plain"]
-    # finished runs are reused; a large tolerance passes
-    r2 = subprocess.run(argv[:2] + ["--tolerance", "1e9"] + argv[2:], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r2.returncode == 0 and r2.stdout.count("reusing") == 3 and "PASS" in r2.stdout
-    r3 = subprocess.run(argv[:-1] + ["fp16"], cwd=ROOT, capture_output=True, text=True, timeout=120)  # other flags
-    assert r3.returncode != 0 and "holds a run of other flags" in r3.stderr
+    # finished runs are reused (in this process: no training, no second torch import); a large tolerance passes
+    capsys.readouterr()
+    assert step_parity.main(["--tolerance", "1e9"] + argv[2:]) == 0
+    out2 = capsys.readouterr().out
+    assert out2.count("reusing") == 3 and "PASS" in out2
+    with pytest.raises(SystemExit, match="holds a run of other flags"):  # other flags
+        step_parity.main(argv[2:-1] + ["fp16"])

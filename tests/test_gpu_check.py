@@ -34,16 +34,27 @@ def run_script(out: Path, timeout: int, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
 
 
+def logging_interpreter(folder: Path) -> Path:
+    """A PYTHON for the script that appends its first argument to folder/calls.txt, then runs this interpreter."""
+    folder.mkdir(exist_ok=True)
+    wrapper = folder / "py"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {folder / "calls.txt"}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_dry")
     # caps 20x the GPU's: this checks the wiring, and a shared CPU may be slow; the test's own limit is 30 min
-    proc = run_script(out, timeout=1800, CAP_SCALE="20")
+    py = logging_interpreter(out.with_name(out.name + "_py"))  # beside OUT: OUT holds only what the script writes
+    proc = run_script(out, timeout=1800, CAP_SCALE="20", PYTHON=str(py))
     return out, proc, json.loads((out / "gpu_report.json").read_text())
 
 
 # ----------------------------------------------------------------------------- the rehearsal
 
+@pytest.mark.xdist_group('gpu_dry')  # one worker runs the dry run once
 def test_dry_run_passes_every_section_in_order(dry):
     out, proc, report = dry
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -53,6 +64,7 @@ def test_dry_run_passes_every_section_in_order(dry):
     assert "every section that ran passed" in proc.stdout
 
 
+@pytest.mark.xdist_group('gpu_dry')  # one worker runs the dry run once
 def test_dry_run_reports_what_each_section_measured(dry):
     out, _, report = dry
     res = {s["name"]: s["results"] for s in report["sections"]}
@@ -75,6 +87,7 @@ def test_dry_run_reports_what_each_section_measured(dry):
     assert res["train"][0]["ok"] and res["train"][0]["metrics_rows"] == 2
 
 
+@pytest.mark.xdist_group('gpu_dry')  # one worker runs the dry run once
 def test_dry_run_files_fit_what_the_device_returns(dry):
     out, _, _ = dry
     files = sorted(p.name for p in out.iterdir())
@@ -101,17 +114,15 @@ def test_sections_switch_and_a_spent_budget(tmp_path):
     assert "budget" in report["sections"][0]["why"] and "SOME SECTIONS FAILED" in proc.stdout
 
 
-def test_every_step_runs_the_given_interpreter(tmp_path):
+@pytest.mark.xdist_group('gpu_dry')  # one worker runs the dry run once
+def test_every_step_runs_the_given_interpreter(dry):
     """PYTHON names the interpreter of every Python step (the suite passes its own: with pytest run as
     venv/bin/python -m pytest and the venv not activated, python3 on PATH may lack torch)."""
-    marker = tmp_path / "calls.txt"
-    wrapper = tmp_path / "py"
-    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {marker}\nexec {sys.executable} "$@"\n')
-    wrapper.chmod(0o755)
-    proc = run_script(tmp_path / "o", timeout=600, SECTIONS="env", CAP_SCALE="20", PYTHON=str(wrapper))
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    calls = marker.read_text().split()
-    assert "-" in calls and "bench/gpu_report.py" in calls  # the env probe (stdin script) and the report writer
+    out, proc, _ = dry
+    calls = (out.with_name(out.name + "_py") / "calls.txt").read_text().split()
+    assert proc.returncode == 0
+    for step in ("-", "-m", "bench/gpu_report.py", "bench/gpu_steps.py", "bench/gpu_parity.py", "train.py"):
+        assert step in calls, (step, sorted(set(calls)))
 
 
 # ----------------------------------------------------------------------------- the script's header and caps

@@ -46,7 +46,7 @@ def inputs(run: synfoc.Run, steps: int) -> tuple[dict, dict, list[torch.Tensor]]
     label = lambda *s: torch.randint(0, C, s, generator=g).to(dev)  # noqa: E731
     lb = dict(img_unet=rand(L, Cin, S, S), img_sam=rand(L, 3, I, I), label_unet=label(L, S, S), label_sam=label(L, R, R))
     ub = dict(weak_unet=rand(U, Cin, S, S), weak_sam=rand(U, 3, I, I), strong_unet=rand(U, Cin, S, S),
-              strong_sam=rand(U, 3, I, I), label_unet=label(U, S, S))
+              strong_sam=rand(U, 3, I, I), label_unet=label(U, S, S), label_sam=label(U, R, R))
     masks = [train.boxes(t, U, S, 0).to(dev) for t in range(steps)]
     return lb, ub, masks
 

@@ -17,6 +17,7 @@ from medsam_lora import build_sam
 def lite_run(plain: bool, lite_size: int = 64):
     cfg = train.resolve_config(train.parse_args(
         ["--dataset", "synthetic", "--lite-size", str(lite_size), "--unet-width", "4", "--amp", "off", "--device", "cpu",
+         "--unet-size", "256",  # the size these tolerances were set at: at 128 one consensus pixel flips L_c by 2e-4
          "--batch", "1", "2", "--steps", "10", "--burn-in", "0", "--tau", "0.4"] + (["--plain"] if plain else [])))
     torch.manual_seed(0)
     return synfoc.build_run(cfg, "cpu")
@@ -30,7 +31,8 @@ def batches(run, seed=0):
               label_unet=torch.randint(0, 3, (L, S, S), generator=g), label_sam=torch.randint(0, 3, (L, R, R), generator=g))
     ub = dict(weak_unet=torch.rand(U, 3, S, S, generator=g), weak_sam=torch.rand(U, 3, I, I, generator=g),
               strong_unet=torch.rand(U, 3, S, S, generator=g), strong_sam=torch.rand(U, 3, I, I, generator=g),
-              label_unet=torch.randint(0, 3, (U, S, S), generator=g))
+              label_unet=torch.randint(0, 3, (U, S, S), generator=g),
+              label_sam=torch.randint(0, 3, (U, R, R), generator=g))
     return lb, ub, train.boxes(0, U, S, 0)
 
 

@@ -27,7 +27,8 @@ def batches(run, L=2, U=3, seed=0):
               label_unet=torch.randint(0, C, (L, S, S), generator=g), label_sam=torch.randint(0, C, (L, R, R), generator=g))
     ub = dict(weak_unet=torch.rand(U, 3, S, S, generator=g), weak_sam=torch.rand(U, 3, I, I, generator=g),
               strong_unet=torch.rand(U, 3, S, S, generator=g), strong_sam=torch.rand(U, 3, I, I, generator=g),
-              label_unet=torch.randint(0, C, (U, S, S), generator=g))
+              label_unet=torch.randint(0, C, (U, S, S), generator=g),
+              label_sam=torch.randint(0, C, (U, R, R), generator=g))
     M = torch.zeros(U, 1, S, S)
     M[0, :, 4:20, 8:28] = 1
     M[2, :, 0:8, 0:8] = 1  # sample 1 has no box

@@ -10,9 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_table7_end_to_end(tmp_path, capsys):
+    # a small set of data seed 5 where table7 looks for it (3 train, 2 test images per domain at 64 px): the
+    # preset's 40 + 16 at 256 px would make every one of the ten trainings and evaluations below 8x slower
+    import synthetic
+    synthetic.synthesize(tmp_path / "data" / "synthetic_s5", seed=5, n_train=3, n_test=2, size=64)
     out = tmp_path / "t7"
     r = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
-                        "--data-root", str(tmp_path / "data"), "--train-args", "--sam", "tiny", "--unet-width", "4",
+                        "--data-root", str(tmp_path / "data"), "--train-args", "--sam", "tiny", "--unet-width", "4", "--labeled", "2",
                         "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "table7.json").read_text())
@@ -37,14 +41,14 @@ def test_table7_end_to_end(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "bench"))
     import table7
     assert table7.main(["--data-seed", "5", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
-                        "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu"]) == 0
+                        "--train-args", "--sam", "tiny", "--unet-width", "4", "--labeled", "2", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("reusing") == 4
     assert json.loads((out / "table7.json").read_text())["SynFoC"] == res["SynFoC"]
     # a second training seed: seed 0's runs are reused, seed 1's trained into <Row>_seed1, the table gives the
     # mean over seeds (checked here against each run's own evals.csv) and the sample sd of the mean Dice
     r3 = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),
                          "--data-root", str(tmp_path / "data"), "--seed", "0", "1", "--jobs", "2", "--train-args", "--sam", "tiny",
-                         "--unet-width", "4", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                         "--unet-width", "4", "--labeled", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r3.returncode == 0, r3.stderr[-2000:]
     assert r3.stdout.count("reusing") == 4 and (out / "SynFoC_seed1" / "last.pt").is_file()
     # --jobs 2: the seed-1 runs trained in their own processes, one thread each
@@ -88,13 +92,13 @@ def test_table7_end_to_end(tmp_path, capsys):
     assert "holds a run with {'data_seed': 5, 'seed': 0}" in err and len(err.strip().splitlines()) == 1, err[-500:]
     # a finished run trained with another configuration (here the Dice mask) is an error, not a silent reuse
     assert table7.main(["--data-seed", "5", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
-                        "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu", "--dice-mask", "all"]) == 2
+                        "--train-args", "--sam", "tiny", "--unet-width", "4", "--labeled", "2", "--device", "cpu", "--dice-mask", "all"]) == 2
     err = capsys.readouterr().err
     assert "trained with dice_mask = 'fg', this table asks for 'all'" in err and len(err.strip().splitlines()) == 1, err[-500:]
     # a setting only the SAM reads (here the LoRA rank): the U-Net rows are the same runs and are reused, the
     # SAM rows are not
     args = table7.build_parser().parse_args(["--data-seed", "5", "--steps", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
-                              "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu", "--rank", "8"])
+                              "--train-args", "--sam", "tiny", "--unet-width", "4", "--labeled", "2", "--device", "cpu", "--rank", "8"])
     for row, flags in table7.MAIN_ROWS[:2]:
         assert table7.plan_row(row, flags, args, out, 0) == (out / row.replace(" ", "_"), None)
     for row, flags in table7.MAIN_ROWS[2:]:
