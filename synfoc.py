@@ -62,6 +62,8 @@ class Run:
     amp_dtype: torch.dtype | None
     device: torch.device
     sync: Callable[["Run"], None] | None = None  # after the backward: averages gradients over ranks (torchrun)
+    # (P [B,C,H,W], ground truth [B,H,W], tau) -> (Q, W) of Eq. 7: ensemble_targets, or oracle_targets (diagnostic)
+    targets: Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]] | None = None
 
     def amp(self):
         """The autocast context of this run (a no-op with --amp off)."""
@@ -99,7 +101,8 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
                                 weight_decay=0.1, fused=fused) if sam is not None else None
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg["amp"])
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16")
-    return Run(cfg, unet, unet_t, sam, sam_t, opt_unet, opt_sam, scaler, amp_dtype, device)
+    targets = PSEUDO_LABELS[cfg.get("pseudo_labels", "ensemble")]
+    return Run(cfg, unet, unet_t, sam, sam_t, opt_unet, opt_sam, scaler, amp_dtype, device, targets=targets)
 
 
 def lam(step: int, cfg: dict) -> float:
@@ -139,6 +142,22 @@ def seg_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, dice_
     return losses.ce_loss(logits, target, weight) + losses.dice_loss(logits, target, weight, dice_mask)
 
 
+def ensemble_targets(p: Tensor, gt: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """Eq. 7: Q = argmax P, W = [max P >= tau]. p [B, C, H, W] -> q [B, H, W] int64, w [B, H, W] float. gt unused."""
+    return smc.pseudo_label(p, tau)
+
+
+def oracle_targets(p: Tensor, gt: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """`--pseudo-labels oracle`, a DIAGNOSTIC, not the method: Q = the unlabeled images' ground truth gt [B, H, W]
+    (what the loader carries for monitoring), W = 1 everywhere; p and tau unused. Everything else (views,
+    mixing, losses, schedule, the teachers' forwards) is unchanged, so the run bounds what the unlabeled path
+    can give at its budget."""
+    return gt, torch.ones_like(gt, dtype=torch.float32)
+
+
+PSEUDO_LABELS = {"ensemble": ensemble_targets, "oracle": oracle_targets}  # train.py --pseudo-labels
+
+
 # ----------------------------------------------------------------------------- SynFoC (both models)
 
 @torch.no_grad()
@@ -165,8 +184,8 @@ def teach(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dict[str, Ten
     t = teachers(run, ub, step)                                              # stages 2-3
     p_ut, p_ms, y_ut, a_sam, a_unet = t["p_ut"], t["p_ms"], t["y_ut"], t["a_sam"], t["a_unet"]
     phi_self, phi_mut = t["phi_self"], t["phi_mut"]
-    q_S, w_S = smc.pseudo_label(smc.ensemble(p_ut, p_ms, a_unet), cfg["tau"])          # Eq. 3, 7 at S
-    q_R, w_R = smc.pseudo_label(resize(smc.ensemble(p_ut, p_ms, a_sam), R, "bilinear"), cfg["tau"])  # at R
+    q_S, w_S = run.targets(smc.ensemble(p_ut, p_ms, a_unet), ub["label_unet"], cfg["tau"])  # Eq. 3, 7 at S
+    q_R, w_R = run.targets(resize(smc.ensemble(p_ut, p_ms, a_sam), R, "bilinear"), ub["label_sam"], cfg["tau"])
     M_I, M_R = resize(M_S, I, "nearest"), resize(M_S, R, "nearest")       # [B, 1, I, I], [B, 1, R, R]
     xc_S, xc_I = mix_images(lb["img_unet"], ub["strong_unet"], M_S), mix_images(lb["img_sam"], ub["strong_sam"], M_I)
     qc_S, wc_S = mix_targets(lb["label_unet"], q_S, w_S, M_S)                                      # stage 5
@@ -236,7 +255,7 @@ def baseline_losses(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dic
     with torch.no_grad():
         with run.amp():
             p_t = teacher(ub[w_]).float().softmax(1)                        # [B, C, R|S, R|S]
-        q, w = smc.pseudo_label(p_t, run.cfg["tau"])
+        q, w = run.targets(p_t, ub[y], run.cfg["tau"])                    # Eq. 7 (or the oracle's)
         x_c = mix_images(lb[x], ub[s_], resize(M_S, size_in, "nearest"))
         q_c, w_c = mix_targets(lb[y], q, w, resize(M_S, size_out, "nearest"))
         gt, S = ub["label_unet"], run.cfg["unet_size"]

@@ -13,6 +13,7 @@ Commands
     python train.py --dataset fundus --domain 1 --alpha cps       # Table 8: const, linear, self, mutual, cps (own: Table 7)
     python train.py --dataset fundus --domain 1 --reg cr          # Table 7: cdcr (default), cr, none
     python train.py --dataset fundus --domain 1 --dice-mask all   # W on every Dice channel (default fg: the authors')
+    python train.py --dataset synthetic --pseudo-labels oracle    # diagnostic: ground truth as pseudo-labels (ceiling)
     python train.py --resume runs/fundus_d1_synfoc                # continue a killed run exactly
     torchrun --nproc_per_node 4 train.py --dataset fundus --domain 1   # 4 GPUs (distributed.py; --batch is per rank)
 
@@ -121,6 +122,10 @@ def parse_args(argv: list[str] | None) -> dict:
                    help="which Dice channels the pseudo-label weight W applies to: fg = the foreground channels, the "
                         "background channel over every pixel (the authors' code; default), all = every channel "
                         "(this project's earlier reading, METHOD.md §3.7)")
+    p.add_argument("--pseudo-labels", choices=["ensemble", "oracle"],
+                   help="the unlabeled images' targets: ensemble = the method's (SMC ensemble, or the Base rows' "
+                        "teacher; default); oracle = a DIAGNOSTIC, not the method: their ground-truth masks as Q "
+                        "and W = 1, everything else unchanged (the ceiling of the unlabeled path at this budget)")
     p.add_argument("--steps", type=int, help="total training steps T (default: preset)")
     p.add_argument("--burn-in", type=int, help="supervised-only steps K before λ(t) starts; the Eq. 2 ramp then "
                                                "runs over the remaining T-K steps (default: preset; 0 = paper; "
@@ -169,7 +174,7 @@ def resolve_config(given: dict) -> dict:
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
         sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"),
         unet_layer=pre.get("unet_layer", "batch"), plain=False, fast_attn=False, compile=False, mode="synfoc", alpha="smc",
-        reg="cdcr", dice_mask="fg", tensorboard=False, steps=pre["steps"],
+        reg="cdcr", dice_mask="fg", pseudo_labels="ensemble", tensorboard=False, steps=pre["steps"],
         burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1.2e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
@@ -189,6 +194,8 @@ def resolve_config(given: dict) -> dict:
     for k in SYNFOC_ONLY:
         if k in given and cfg["mode"] != "synfoc":
             raise ConfigError(f"{flag(k)} {given[k]} applies to --mode synfoc only (got --mode {cfg['mode']})")
+    if cfg["pseudo_labels"] == "oracle" and cfg["mode"] == "suponly":
+        raise ConfigError("--pseudo-labels oracle needs unlabeled images: --mode synfoc, unet or medsam, not suponly")
     if cfg["plain"] and (cfg["fast_attn"] or cfg["compile"]):
         raise ConfigError("--plain is the unoptimised reference step; it cannot take --fast-attn or --compile")
     if cfg["fast_attn"] and cfg["sam"] == "litemedsam":
@@ -203,6 +210,7 @@ def resolve_config(given: dict) -> dict:
         name = f"{dataset if dataset in data.PRESETS else Path(pre['root']).name}_d{cfg['domain']}_{cfg['mode']}"
         name += "" if cfg["alpha"] == "smc" else f"_{cfg['alpha']}"
         name += "" if cfg["reg"] == "cdcr" else f"_{cfg['reg']}"
+        name += "_oracle" if cfg["pseudo_labels"] == "oracle" else ""
         cfg["out"] = str(Path("runs") / name)
     for k in ("steps", "eval_every", "log_every", "rank", "unet_width"):
         if cfg[k] < 1:
@@ -344,6 +352,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     distributed.barrier()
     root = root or dataset_root(cfg)
     lab_cases, unl_cases = data.split_labeled(cfg["dataset"], root, cfg["domain"], cfg["labeled"], cfg["labeled_ratio"])
+    if cfg["pseudo_labels"] == "oracle" and any(not masks for _, masks, *_ in unl_cases):
+        raise ConfigError(f"--pseudo-labels oracle needs a mask for every unlabeled image; {root} has unlabeled "
+                          "images without one")
     test_cases = data.test_cases(cfg["dataset"], root)
     if cfg["test_limit"]:
         test_cases = [c for d in sorted({c[2] for c in test_cases})
