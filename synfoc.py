@@ -12,7 +12,8 @@ Stages of one SynFoC step (equation numbers of the paper):
   3 SMC (Eq. 4-6): Phi_self = agreement(U-Net student, U-Net teacher), Phi_mut = agreement(U-Net teacher,
     SAM teacher); alpha = Phi_self * Phi_mut per image (or a Table 8 strategy, --alpha)
   4 ensemble (Eq. 3) P = alpha P_UT + (1 - alpha) up(P_MS) -> pseudo-label Q = argmax, W = [max >= tau] (Eq. 7),
-    at S for the U-Net and (bilinearly resized) at R for SAM
+    at S for the U-Net and (bilinearly resized) at R for SAM (run.targets; with --pseudo-labels oracle, a
+    diagnostic, Q = the unlabeled images' ground truth and W = 1)
   5 intermediate samples (Eq. 1): x_c = x_l M + x_s (1 - M), Q_c = y_l M + Q (1 - M), W_c = 1 in M, W outside
   6 student forwards: U-Net on x_l and on x_c (two forwards, as the official code: BatchNorm statistics
     of each batch on its own), SAM on [x_l; x_c] in one batch (no batch-dependent layer there)

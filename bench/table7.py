@@ -3,6 +3,7 @@
     python bench/table7.py                                  # data seed 1, the embedded default budget
     python bench/table7.py --data-seed 2 --out runs/table7_s2
     python bench/table7.py --all                            # + Table 7's ablation rows and Table 8 (alpha, with --reg none)
+    python bench/table7.py --oracle                         # + SynFoC-oracle: ground truth as pseudo-labels (ceiling)
     python bench/table7.py --data-seed 0 --write-reference  # the labeled-only reference train.py prints
     python bench/table7.py --seed 0 1 2                     # every row with three training seeds: mean ± sd
     python bench/table7.py --data-seed 3 --seed 0 1 2 --jobs 2   # two runs at once, one thread each
@@ -22,7 +23,8 @@ otherwise), then evaluates the run's last.pt on every domain's FULL test split w
                  the ensemble vs step from each run's metrics.csv (the paper's Fig. 6)
 Rows: SupOnly (--mode suponly), Base U-Net (--mode unet), Base MedSAM (--mode medsam), SynFoC. With --all:
 SynFoC with CR (--reg cr), Base+SMC (--reg none), CDCR without SMC (--alpha own), and Table 8's alpha
-strategies const / linear / self / mutual / cps with --reg none (Table 8's SMC row is the Base+SMC row).
+strategies const / linear / self / mutual / cps with --reg none (Table 8's SMC row is the Base+SMC row). With
+--oracle: SynFoC-oracle (--pseudo-labels oracle), the ceiling of the unlabeled path at the table's budget.
 Runs that already finished (a last.pt at their final step) are reused, so an interrupted table resumes; a run
 whose saved configuration differs from the row's in anything but the output folder, device and thread
 settings (another seed, loss, budget, ...) is a one-line error, never mixed into the table. SupOnly and
@@ -171,6 +173,14 @@ def best_evaluated(folder: Path, model: str) -> float:
     return max(sum(col) / len(col) for col in zip(*per_domain)) / 100
 
 
+ORACLE_ROWS = [("SynFoC-oracle", ["--pseudo-labels", "oracle"])]
+
+
+def table_rows(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(row name, train.py flags) of this table: the main rows, then --all's, then --oracle's."""
+    return MAIN_ROWS + (ALL_ROWS if args.all else []) + (ORACLE_ROWS if args.oracle else [])
+
+
 PAIRS = [("SynFoC", "medsam", "Base MedSAM"), ("SynFoC", "unet", "Base U-Net")]
 
 
@@ -226,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/table7_s<data-seed>)")
     p.add_argument("--data-root", default="data", help="folder of the generated sets (default data)")
     p.add_argument("--all", action="store_true", help="also Table 7's ablation rows and Table 8's alpha strategies")
+    p.add_argument("--oracle", action="store_true", help="also SynFoC-oracle (train.py --pseudo-labels oracle: the "
+                                                         "unlabeled ground truth as pseudo-labels, a diagnostic ceiling)")
     p.add_argument("--write-reference", action="store_true",
                    help=f"write {REFERENCE.relative_to(ROOT)}: the rows' Dice and the budget, printed by train.py "
                         "at the end of a run with the same budget")
@@ -250,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or f"runs/table7_s{args.data_seed}")
     out.mkdir(parents=True, exist_ok=True)
-    rows = MAIN_ROWS + (ALL_ROWS if args.all else [])
+    rows = table_rows(args)
     results, sds, walls, folders, per_seed, seed_folders = {}, {}, {}, {}, {}, {}
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     try:

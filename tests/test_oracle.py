@@ -2,6 +2,8 @@
 
     python -m pytest -q tests/test_oracle.py
 """
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,6 +20,15 @@ def test_oracle_targets_are_the_ground_truth():
     assert torch.equal(q, p.argmax(1)) and torch.equal(w, (p.max(1).values >= 0.5).float())
 
 
+def test_table7_oracle_row():
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import table7
+    rows = dict(table7.table_rows(table7.build_parser().parse_args(["--oracle"])))
+    assert rows["SynFoC-oracle"] == ["--pseudo-labels", "oracle"] and "SynFoC" in rows
+    assert "SynFoC-oracle" not in dict(table7.table_rows(table7.build_parser().parse_args([])))
+
+
 def test_oracle_needs_unlabeled_images():
     with pytest.raises(train.ConfigError, match="--pseudo-labels oracle needs unlabeled images"):
         train.resolve_config(train.parse_args(["--dataset", "synthetic", "--mode", "suponly",
@@ -25,3 +36,70 @@ def test_oracle_needs_unlabeled_images():
     cfg = train.resolve_config(train.parse_args(["--dataset", "synthetic", "--pseudo-labels", "oracle",
                                                  "--device", "cpu"]))
     assert cfg["out"].endswith("synthetic_d1_synfoc_oracle")
+
+
+# ----------------------------------------------------------------------------- the unlabeled path, aligned
+
+def encoded_batches(run, L=2, U=3, seed=0):
+    """Batches whose images spell out their labels (every channel = class / 2), drawn from one label map per image
+    at 4x the largest size and taken to S, I and R by pixel-centre nearest sampling, as the loader's are. Targets
+    and images of a mixed sample are aligned iff decoding the mixed image gives the mixed targets."""
+    S, I, R = run.cfg["unet_size"], run.sam.image_size, run.sam.logit_size
+    g = torch.Generator().manual_seed(seed)
+    big = 4 * max(S, I)
+
+    def at(lab, n):  # [B, big, big] -> [B, n, n] nearest (pixel centres)
+        return torch.nn.functional.interpolate(lab[:, None].float(), size=(n, n), mode="nearest-exact")[:, 0].long()
+
+    def sample(B):
+        lab = torch.randint(0, 3, (B, big // 16, big // 16), generator=g).repeat_interleave(16, 1).repeat_interleave(16, 2)
+        img = lambda n: (at(lab, n).float() / 2)[:, None].repeat(1, 3, 1, 1)  # noqa: E731  [B, 3, n, n]
+        return lab, img
+    lab, img = sample(L)
+    lb = dict(img_unet=img(S), img_sam=img(I), label_unet=at(lab, S), label_sam=at(lab, R))
+    lab, img = sample(U)
+    ub = dict(weak_unet=img(S), weak_sam=img(I), strong_unet=img(S), strong_sam=img(I), label_unet=at(lab, S),
+              label_sam=at(lab, R))
+    return lb, ub, train.boxes(0, U, S, seed)
+
+
+def decode(x, n=None):
+    """The class map an encoded image spells: x [B, 3, H, W] -> [B, n, n] (nearest to n when given)."""
+    if n is not None and x.shape[-1] != n:
+        x = torch.nn.functional.interpolate(x, size=(n, n), mode="nearest-exact")
+    return (x[:, 0] * 2).round().long()
+
+
+def mismatch(run) -> tuple[float, float]:
+    """The fraction of pixels where a mixed sample's targets disagree with its image, at S (U-Net) and at R (SAM)."""
+    lb, ub, M = encoded_batches(run)
+    tg = synfoc.teach(run, lb, ub, M, 5)
+    assert bool((tg["wc_S"] == 1).all()) and bool((tg["wc_R"] == 1).all())  # oracle: every pixel counts
+    u = (decode(tg["xc_S"]) != tg["qc_S"]).float().mean().item()
+    s = (decode(tg["xc_I"], run.sam.logit_size) != tg["qc_R"]).float().mean().item()
+    return u, s
+
+
+def make_oracle_run():
+    cfg = train.resolve_config(train.parse_args(["--dataset", "fundus", "--sam", "tiny", "--unet-width", "4",
+                                                 "--unet-size", "32", "--amp", "off", "--device", "cpu",
+                                                 "--pseudo-labels", "oracle"]))
+    torch.manual_seed(0)
+    return synfoc.build_run(cfg, "cpu")
+
+
+def test_mixed_images_and_oracle_targets_align_at_both_sizes():
+    """With the oracle, each intermediate sample's targets are exactly what its image shows: CutMix boxes cut
+    images and targets alike at the U-Net size S and at the SAM sizes I (image) and R (logits)."""
+    run = make_oracle_run()
+    lb, ub, M = encoded_batches(run)
+    assert 0 < M.mean() < 1  # the boxes really mix labeled and unlabeled pixels
+    assert mismatch(run) == (0.0, 0.0)
+
+
+def test_a_misaligned_mix_is_caught(monkeypatch):
+    """The same check fails when one stage is broken: the mixed targets mirrored against their images."""
+    mix = synfoc.mix_targets
+    monkeypatch.setattr(synfoc, "mix_targets", lambda y_l, q, w, M: tuple(t.flip(-1) for t in mix(y_l, q, w, M)))
+    u, s = mismatch(make_oracle_run())
+    assert u > 0.2 and s > 0.2, (u, s)
