@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 # DataError lives in dataset_spec.py (the descriptions need it too); data.DataError is the same class.
-from dataset_spec import (DESCRIPTIONS, PRESETS, DataError, display_name, layout_help, register,  # noqa: F401
-                          spec, validate)
+from dataset_spec import (DESCRIPTIONS, PRESETS, SLICE_AXES, DataError, display_name, layout_help,  # noqa: F401
+                          register, spec, validate)
 from transforms import resize_image, resize_label, strong_augment, to_input, weak_augment
 
 
@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
                      help="clip every volume to one fixed intensity window instead (CT, e.g. -160 240 HU)")
     sl.add_argument("--skip-empty", action="store_true", help="leave out slices without foreground (training sets)")
+    sl.add_argument("--axis", choices=SLICE_AXES, default="auto",
+                    help="the plane to cut, after reorienting to RAS+: auto = across the largest voxel spacing "
+                         "(the through-plane axis; default), or sagittal, coronal, axial")
     return ap
 
 
@@ -433,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             validate_rule = {"domains": ["d"], "classes": ["b", "f"], "mask": {"threshold": 1}, "channels": 1,
                              "intensity": rule}
             validate(validate_rule, "--window/--percentiles")  # the same checks as a dataset.json "intensity"
-            geo = nifti.slice_set(Path(args.images), Path(args.labels), Path(args.out), rule, args.skip_empty)
+            geo = nifti.slice_set(Path(args.images), Path(args.labels), Path(args.out), rule, args.skip_empty,
+                                  args.axis)
             n = sum(len(c["slices"]) for c in geo["cases"].values())
             print(f"wrote {n} slices of {len(geo['cases'])} volume(s) to {args.out} (image/, mask/, volumes.json)")
     except DataError as e:
