@@ -13,7 +13,8 @@ data/ProstateSlice, data/mnms, data/Dataset_BUSI_with_GT, data/synthetic (Fundus
 folder with its own dataset.json, and `spec(name_or_folder)` gives either. Every function here takes that
 name or folder as `dataset`. See README section "Datasets".
 Masks are decoded once, here (`decode_mask`, by the description's "mask" field); everything downstream sees
-int64 class ids, 0 = background.
+int64 class ids, 0 = background. `check_masks` decodes every mask of a case list once (train.py, before step 0,
+so an unmapped value stops a run at start-up, not when its slice is first drawn).
 Train items are augmented once at W = max(I, S) and then resized to the SAM size I (3 channels) and the
 U-Net size S (in_channels); labels go to R and S by nearest. Every random draw of a train item comes from
 np.random.default_rng([seed, index, draw]) so a resumed run sees the same samples.
@@ -32,8 +33,8 @@ import torch
 from PIL import Image
 
 # DataError lives in dataset_spec.py (the descriptions need it too); data.DataError is the same class.
-from dataset_spec import (DESCRIPTIONS, PRESETS, DataError, display_name, layout_help, register,  # noqa: F401
-                          spec, validate)
+from dataset_spec import (DESCRIPTIONS, PRESETS, SLICE_AXES, DataError, display_name, layout_help,  # noqa: F401
+                          register, spec, validate)
 from transforms import resize_image, resize_label, strong_augment, to_input, weak_augment
 
 
@@ -155,6 +156,11 @@ def _gray(a: np.ndarray, dataset: str) -> np.ndarray:
 
 def _lookup(codes: np.ndarray, table: dict) -> tuple[np.ndarray, np.ndarray]:
     """Map every code of an int array through `table` -> (class ids int64, the unmapped codes)."""
+    if codes.size and 0 <= codes.min() and codes.max() < 1 << 16:  # gray values: a counting pass, no sort
+        u = np.flatnonzero(np.bincount(codes.ravel()))
+        lut = np.full(int(u[-1]) + 1, -1, np.int64)
+        lut[u] = [table.get(int(c), -1) for c in u]
+        return lut[codes], u[lut[u] < 0]
     u, inv = np.unique(codes, return_inverse=True)
     ids = np.array([table.get(int(c), -1) for c in u], np.int64)
     return ids[inv].reshape(codes.shape), u[ids < 0]
@@ -238,6 +244,37 @@ def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.
             raise DataError(f"{mp}: {e}") from None
         label = lab if label is None else np.maximum(label, lab)
     return img, label
+
+
+def check_masks(dataset: str, cases: list) -> list[str]:
+    """One line per problem of the masks of `cases` ((image_path, mask_paths, ...)): unreadable, a value or colour
+    outside the encoding, a size other than the image's. The mask checks of data.py check (decode_mask, the
+    same messages), with only the images' headers read (about 5 ms per 384 x 384 mask on one core): train.py
+    runs it on every case before step 0."""
+    problems = []
+    for case in cases:
+        image_path, mask_paths = case[0], case[1]
+        try:
+            with Image.open(image_path) as im:
+                size = im.size  # the header only
+        except (OSError, SyntaxError, ValueError) as e:
+            problems.append(f"{image_path}: unreadable or corrupt image ({type(e).__name__}): expected a valid PNG")
+            continue
+        for mp in mask_paths:
+            try:
+                m = _read(mp)
+                if m.size != size:
+                    raise DataError(f"{mp}: mask size {m.size[0]}x{m.size[1]} differs from image {image_path} "
+                                    f"size {size[0]}x{size[1]}")
+                if m.mode not in ("1", "L", "RGB", "RGBA", "I;16", "I"):
+                    m = m.convert("RGB")
+                try:
+                    decode_mask(dataset, np.asarray(m))
+                except DataError as e:
+                    raise DataError(f"{mp}: {e}") from None
+            except DataError as e:
+                problems.append(str(e))
+    return problems
 
 
 def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | None = None,
@@ -410,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
                      help="clip every volume to one fixed intensity window instead (CT, e.g. -160 240 HU)")
     sl.add_argument("--skip-empty", action="store_true", help="leave out slices without foreground (training sets)")
+    sl.add_argument("--axis", choices=SLICE_AXES, default="auto",
+                    help="the plane to cut, after reorienting to RAS+: auto = across the largest voxel spacing "
+                         "(the through-plane axis; default), or sagittal, coronal, axial")
     return ap
 
 
@@ -437,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             validate_rule = {"domains": ["d"], "classes": ["b", "f"], "mask": {"threshold": 1}, "channels": 1,
                              "intensity": rule}
             validate(validate_rule, "--window/--percentiles")  # the same checks as a dataset.json "intensity"
-            geo = nifti.slice_set(Path(args.images), Path(args.labels), Path(args.out), rule, args.skip_empty)
+            geo = nifti.slice_set(Path(args.images), Path(args.labels), Path(args.out), rule, args.skip_empty,
+                                  args.axis)
             n = sum(len(c["slices"]) for c in geo["cases"].values())
             print(f"wrote {n} slices of {len(geo['cases'])} volume(s) to {args.out} (image/, mask/, volumes.json)")
     except DataError as e:

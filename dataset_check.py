@@ -11,7 +11,8 @@ masks beside the images named <name>_mask.png), the image extension and channels
 gray), and the mask values seen. Masks holding class ids 0..K give a file usable as written; any other values
 (0/255, colours, ...) are mapped to 0..K in sorted order (black / 0 is background) and "_check" says so: read
 docs/datasets.md and fix "classes", "mask" and "parts" by hand. A volumes.json written by `data.py slice` adds the
-volume rule and the intensity rule, so per-volume metrics and predict.py on NIfTI work.
+volume rule, the intensity rule and the slicing axis rule, so per-volume metrics and predict.py on NIfTI work.
+A corrupt image or mask, or a domain with only one of train/ and test/, is one DataError line naming it.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 import data
 from dataset_spec import DEFAULT_VOLUME_RULE, DataError
@@ -94,6 +94,12 @@ def describe(folder: str | Path) -> dict:
     domains = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
     if not domains:
         raise DataError(f"{root}: no domain folders (expected one sub-folder per domain, e.g. {root}/siteA/train/image)")
+    for d in domains:  # one split folder without the other: say which is missing, not "no image/ folder"
+        have = [s for s in ("train", "test") if (root / d / s).is_dir()]
+        if len(have) == 1:
+            other = "test" if have == ["train"] else "train"
+            raise DataError(f"{root / d}: has {have[0]}/ but no {other}/ folder: expected both (split \"folders\"), "
+                            f"e.g. slice or copy some cases into {root / d / other}")
     with_splits = [all((root / d / s).is_dir() for s in ("train", "test")) for d in domains]
     if any(with_splits) and not all(with_splits):
         odd = [d for d, w in zip(domains, with_splits) if not w]
@@ -113,14 +119,14 @@ def describe(folder: str | Path) -> dict:
     ext = Counter(os.path.splitext(f)[1].lower() for f in files).most_common(1)[0][0]
     gray = True
     for f in files[:8]:
-        a = np.asarray(Image.open(first / images / f).convert("RGB"))
+        a = np.asarray(data._read(first / images / f).convert("RGB"))  # DataError naming a corrupt file
         gray &= bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]))
     values, colours = set(), set()
     mask_files = [root / d / s / masks / m for d in domains for s in (["train", "test"] if split == "folders" else [""])
                   if (root / d / s / masks).is_dir() for m in _listing(root / d / s / masks)
                   if m.endswith(".png") and (not suffix or m[:-4].endswith(suffix))]
     for m in mask_files[:MAX_MASKS]:
-        a = np.asarray(Image.open(m))
+        a = np.asarray(data._read(m))
         if a.ndim == 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
             colours.update(map(tuple, np.unique(a[..., :3].reshape(-1, 3), axis=0).tolist()))
         else:
@@ -146,16 +152,32 @@ def describe(folder: str | Path) -> dict:
         desc["image_ext"] = ext
     if suffix:
         desc["mask_suffix"] = suffix
-    geo = [root / d / s / "volumes.json" for d in domains for s in (["train", "test"] if split == "folders" else [""])]
-    rules = {json.dumps(json.loads(g.read_text()).get("intensity")) for g in geo if g.is_file()}
-    if rules:  # sliced by data.py slice: volumes, and the intensity rule predict.py repeats on NIfTI
-        if len(rules) > 1:
-            raise DataError(f"{root}: the volumes.json files disagree on the intensity rule ({'; '.join(sorted(rules))}); "
-                            "slice every domain with the same --window / --percentiles")
-        desc["volume_rule"], desc["intensity"] = DEFAULT_VOLUME_RULE, json.loads(rules.pop())
+    splits = ["train", "test"] if split == "folders" else [""]
+    files = [root / d / s / "volumes.json" for d in domains for s in splits]
+    geo = [_volumes_json(g) for g in files if g.is_file()]
+    if geo:  # sliced by data.py slice: volumes, and the intensity and axis rules predict.py repeats on NIfTI
+        desc["volume_rule"] = DEFAULT_VOLUME_RULE
+        for key, field, flags in (("intensity", "intensity", "--window / --percentiles"),
+                                  ("axis", "slice_axis", "--axis")):
+            rules = {json.dumps(g.get(key)) for g in geo if key in g}  # volumes.json of older versions lack "axis"
+            if len(rules) > 1:
+                raise DataError(f"{root}: the volumes.json files disagree on the {key} rule "
+                                f"({'; '.join(sorted(rules))}); slice every domain with the same {flags}")
+            if rules:
+                desc[field] = json.loads(rules.pop())
     if note:
         desc["_check"] = note + ": name the classes and check mask/parts by hand (docs/datasets.md)"
     return desc
+
+
+def _volumes_json(path: Path) -> dict:
+    try:
+        g = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e}); slice this split again (python data.py slice)") from None
+    if not isinstance(g, dict):
+        raise DataError(f"{path}: expected the object data.py slice writes; slice this split again")
+    return g
 
 
 def init(folder: str | Path, force: bool = False) -> Path:

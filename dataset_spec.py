@@ -8,8 +8,8 @@ Every dataset, preset or file, goes through `validate(raw, source)`: the public 
 descriptions DESCRIPTIONS below, in exactly the schema of a dataset.json (plus "folder", the folder name under
 --data-root, which only presets have). validate returns the flat dict the readers use (data.spec(name)):
 domains, class_names, num_classes, in_channels, unet_size, parts (tuples of class ids), part_names, mask,
-split, layout fields, volume_rule, intensity, strong_range and the training defaults (steps, labeled, batch,
-...), plus "description" (the raw JSON, defaults filled: what a checkpoint carries so predict.py and
+split, layout fields, volume_rule, intensity, slice_axis, strong_range and the training defaults (steps,
+labeled, batch, ...), plus "description" (the raw JSON, defaults filled: what a checkpoint carries so predict.py and
 evaluate.py rebuild the dataset without the folder's dataset.json). spec(name_or_folder) resolves a preset, a
 description a checkpoint carried (register), or a folder's dataset.json (cached by mtime: readers ask per item). A wrong field is one DataError line
 naming the file and the field, e.g. `my_set/dataset.json: field "mask.values": key "x" is not a pixel value`.
@@ -30,6 +30,7 @@ class DataError(ValueError):
 
 SPLITS = ("folders", "string_order", "seeded")
 INTENSITY_MODES = ("percentile", "window")
+SLICE_AXES = ("auto", "sagittal", "coronal", "axial")  # how data.py slice picks the plane (nifti.py)
 DEFAULT_VOLUME_RULE = r"(.+)_(\d+)"  # data.py slice names slices <case>_<slice>
 # Training defaults a description may set under "train" (type check, allowed choices or None).
 TRAIN_FIELDS: dict[str, tuple[type | tuple, tuple | None]] = {
@@ -44,8 +45,8 @@ TRAIN_FIELDS: dict[str, tuple[type | tuple, tuple | None]] = {
 PAPER_TRAIN = dict(steps=30000, labeled=20, labeled_ratio=None, batch=[4, 4], unet_width=64, sam="medsam", amp="auto",
                    eval_every=1000, test_limit=None)
 FIELDS = ("name", "folder", "domains", "classes", "mask", "parts", "channels", "unet_size", "split", "split_seed",
-          "images", "masks", "image_ext", "mask_suffix", "extra_masks", "volume_rule", "intensity", "strong_range",
-          "train")
+          "images", "masks", "image_ext", "mask_suffix", "extra_masks", "volume_rule", "intensity", "slice_axis",
+          "strong_range", "train")
 
 _FUNDUS = dict(classes=["background", "cup", "rim"], mask={"values": {"0": 1, "128": 2, "255": 0}, "stored": "rgb"},
                parts={"cup": [1], "disc": [1, 2]}, channels=3, unet_size=256, images="ROIs/image", masks="ROIs/mask",
@@ -229,6 +230,9 @@ def validate(raw: Any, source: str) -> dict:
                 raise re.error("needs exactly two groups")
         except re.error as e:
             raise _fail(source, "volume_rule", f"expected a regex with two groups (case, slice): {e}") from None
+    axis = _need(raw, source, "slice_axis", (str, type(None)), None)
+    if axis is not None and axis not in SLICE_AXES:
+        raise _fail(source, "slice_axis", f"expected one of {', '.join(SLICE_AXES)}, got {axis!r}")
     sr = _need(raw, source, "strong_range", list, [0.1, 2.0])
     if len(sr) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in sr) or not 0 < sr[0] <= sr[1]:
         raise _fail(source, "strong_range", f"expected [low, high] with 0 < low <= high, got {json.dumps(sr)}")
@@ -243,7 +247,8 @@ def validate(raw: Any, source: str) -> dict:
         split_seed=_need(raw, source, "split_seed", int, 0), images=_need(raw, source, "images", str, "image"),
         masks=_need(raw, source, "masks", str, "mask"), image_ext=ext.lower(),
         mask_suffix=_need(raw, source, "mask_suffix", str, ""), extra_masks=_need(raw, source, "extra_masks", bool, False),
-        volume_rule=rule, intensity=_intensity(raw, source), strong_range=(float(sr[0]), float(sr[1])),
+        volume_rule=rule, intensity=_intensity(raw, source), slice_axis=axis,
+        strong_range=(float(sr[0]), float(sr[1])),
         source=source, description=copy.deepcopy(raw), root=None)
     if split != "folders" and spec["images"] == spec["masks"] and not spec["mask_suffix"]:
         raise _fail(source, "mask_suffix", "images and masks share one folder: a mask suffix (e.g. \"_mask\") "

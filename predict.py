@@ -2,11 +2,15 @@
 
     python predict.py runs/fundus_d1/last.pt --images scans/ --out scans_seg/
     python predict.py runs/fundus_d1 --images scans/ --out scans_seg/ --model unet    # a run folder means its last.pt
+    python predict.py runs/fundus_d1 --images scans/ --out scans_seg/ --overwrite     # replace an earlier run's files
 
-NIfTI volumes (.nii / .nii.gz in --images; nifti.py) are segmented slice by slice along their third axis with
-the intensity rule the training slices had (the dataset description's "intensity", carried in the checkpoint;
-percentile 0.5-99.5 when the set had none), and written as <case>.nii.gz (uint8 class ids) with the input's
-affine and header:
+NIfTI volumes (.nii / .nii.gz in --images; nifti.py) are cut into slices exactly as data.py slice cut the
+training volumes: reoriented to the closest canonical (RAS+) orientation, sliced along the set's axis rule (its
+"slice_axis": auto = across the largest voxel spacing) with its intensity rule ("intensity"; both carried in
+the checkpoint; auto and percentile 0.5-99.5 when the set had none). The predicted slices are stacked, brought
+back to the input's own orientation and written as <case>.nii.gz with the input's affine and header, voxel for
+voxel on the input's grid, holding the set's label values (the mask.values that map to each class when value 0
+is the background, e.g. 0/1/7 for volumes labelled 0/1/7; class ids otherwise):
     python predict.py runs/my_set_d1_synfoc --images new_vols/ --out seg/
 
 Images: PNG/JPG/BMP/TIFF, any size and mode. They are converted to the model's channels (grey -> RGB or
@@ -19,10 +23,13 @@ image's own size by nearest neighbour (pixel-centre sampling, transforms.resize_
     <name>_overlay.png   the image with the prediction painted translucent
 (two inputs with one stem, a.png and a.jpg, keep their extension in the name: a_png.png, a_jpg.png).
 
-An unreadable image is reported in one line and skipped; the exit status is then 1. Mistakes on the command
-line (missing checkpoint or folder, --out equal to --images, a model the checkpoint lacks) are one
-`error: ...` line on stderr, exit status 2. The base SAM weights are rebuilt from the path recorded in the
-checkpoint; `--sam-ckpt PATH` overrides it.
+Nothing is overwritten: every output name is planned before the model loads; two inputs that would write one
+file (a.png and a_overlay.png, x.nii and x.nii.gz, y.nii.gz and y_0000.nii.gz) stop the run with one line
+naming both, and an --out already holding a file this run would write stops it unless --overwrite.
+An unreadable image or volume (corrupt, 2D/4D, non-finite voxels) is reported in one line and skipped, the rest
+is written; the exit status is then 1. Mistakes on the command line (missing checkpoint or folder, --out equal
+to --images or a file, a model the checkpoint lacks) are one `error: ...` line on stderr, exit status 2. The
+base SAM weights are rebuilt from the path recorded in the checkpoint; `--sam-ckpt PATH` overrides it.
 
 This file also holds what evaluate.py shares with it (imports go one way, evaluate -> predict): choosing the
 students (which_models), the device and autocast, the overlay drawing and the one-line error handling.
@@ -143,39 +150,77 @@ def read_image(path: Path, channels: int) -> np.ndarray:
         return np.asarray(im)
 
 
-def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, folder: Path, out: Path, device: torch.device,
-                   amp: torch.dtype | None) -> int:
-    """Segment every image of `folder` with the one model in `models`; writes <name>.png (dataset mask encoding,
-    the image's own size) and <name>_overlay.png to `out`. Returns the number of unreadable images."""
-    dataset, S = cfg["dataset"], cfg["unet_size"]
-    sam_size = cfg.get("sam_size") or S
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not p.name.startswith("."))
-    volumes = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))
-                     and not p.name.startswith("."))
+def plan_outputs(folder: Path) -> dict[Path, list[str]]:
+    """Every input of `folder` (images and NIfTI volumes, sorted by name) -> the file names it writes in --out.
+    EvalError when there is none, or when two inputs would write one file (module docstring)."""
+    import nifti  # file names only: nibabel is imported when a volume is read
+
+    entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+    volumes = [p for p in entries if p.name.lower().endswith(nifti.NII)]
     if not files and not volumes:
         raise EvalError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) or NIfTI volumes in it")
-    out.mkdir(parents=True, exist_ok=True)
-    if volumes:
-        segment_volumes(models, cfg, volumes, out, device, amp)
     stems = [p.stem for p in files]
-    failed = 0
-    for p in tqdm(files, unit="image", desc="segment", dynamic_ncols=True):
-        # a.png and a.jpg would both write a.png: keep the extension in the name of such files
+    plan: dict[Path, list[str]] = {}
+    for p in files:  # a.png and a.jpg would both write a.png: keep the extension in the name of such files
         stem = p.stem if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix[1:].lower()}"
+        plan[p] = [f"{stem}.png", f"{stem}_overlay.png"]
+    for p in volumes:
+        plan[p] = [f"{nifti.case_name(p)}.nii.gz"]
+    owner: dict[str, Path] = {}
+    for p, names in plan.items():
+        for n in names:
+            if n in owner:
+                raise EvalError(f"--images {folder}: {owner[n].name} and {p.name} would both write {n}; "
+                                "rename or move one of them")
+            owner[n] = p
+    return plan
+
+
+def check_out(out: Path, plan: dict[Path, list[str]], overwrite: bool) -> None:
+    """EvalError when --out is a file or (without --overwrite) already holds a file the plan would write."""
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file: expected a folder (made when missing)")
+    there = [n for names in plan.values() for n in names if (out / n).exists()]
+    if there and not overwrite:
+        more = f" and {len(there) - 1} more file(s)" if len(there) > 1 else ""
+        raise EvalError(f"--out {out} already holds {there[0]}{more} that this run would write; pass --overwrite "
+                        "to replace them, or pick another --out")
+    above = out
+    while not above.exists() and above != above.parent:  # the nearest existing folder must be a folder
+        above = above.parent
+    if not above.is_dir():
+        raise EvalError(f"--out {out}: {above} is a file, not a folder")
+
+
+def _skipped(path: Path, what: str) -> None:
+    tqdm.write(f"skipped {path}: {what}", file=sys.stderr)
+
+
+def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, plan: dict[Path, list[str]], out: Path,
+                   device: torch.device, amp: torch.dtype | None) -> int:
+    """Segment every input of `plan` (plan_outputs) with the one model in `models`: images -> <name>.png (dataset
+    mask encoding, the image's own size) and <name>_overlay.png, volumes -> <case>.nii.gz. Returns the number of
+    unreadable inputs (each reported in one line and skipped)."""
+    dataset, S = cfg["dataset"], cfg["unet_size"]
+    sam_size = cfg.get("sam_size") or S
+    volumes = [p for p, names in plan.items() if names[0].endswith(".nii.gz")]
+    failed = segment_volumes(models, cfg, {v: out / plan[v][0] for v in volumes}, device, amp) if volumes else 0
+    files = [p for p in plan if p not in volumes]
+    for p in tqdm(files, unit="image", desc="segment", dynamic_ncols=True):
         try:
             img = read_image(p, cfg["in_channels"])
         except Exception as e:  # any unreadable file: report, go on with the rest
             failed += 1
-            tqdm.write(f"skipped {p}: unreadable image ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})",
-                       file=sys.stderr)
+            _skipped(p, f"unreadable image ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})")
             continue
         x_unet = to_input(img, S, cfg["in_channels"])[None].to(device)
         x_sam = to_input(img, sam_size, 3)[None].to(device)
         label = next(iter(predict(models, x_unet, x_sam, S, amp).values()))[0].cpu().numpy()
         label = resize_label(label, img.shape[0], img.shape[1])
-        Image.fromarray(data.encode_mask(dataset, label)).save(out / f"{stem}.png")
-        Image.fromarray(overlay(img, label)).save(out / f"{stem}_overlay.png")
+        mask_name, overlay_name = plan[p]
+        Image.fromarray(data.encode_mask(dataset, label)).save(out / mask_name)
+        Image.fromarray(overlay(img, label)).save(out / overlay_name)
     return failed
 
 
@@ -193,12 +238,28 @@ def predict_slices(models: dict[str, torch.nn.Module], cfg: dict, slices: list[n
     return out
 
 
-def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, volumes: list[Path], out: Path,
-                    device: torch.device, amp: torch.dtype | None) -> None:
-    """Each NIfTI volume slice by slice -> out/<case>.nii.gz with the input's affine and header (nifti.py)."""
+def volume_values(p: dict) -> np.ndarray | None:
+    """Label value written for each class id in NIfTI masks: the first mask.values entry mapping to it when the
+    set's value 0 is the background (a set sliced by data.py slice: the volumes' own labels), else None (class ids)."""
+    enc = p["mask"]
+    if enc["kind"] != "values" or enc["table"].get(0) != 0:
+        return None
+    first: dict[int, int] = {}
+    for value, k in enc["table"].items():
+        first.setdefault(k, value)
+    return np.array([first[k] for k in range(p["num_classes"])])
+
+
+def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, targets: dict[Path, Path], device: torch.device,
+                    amp: torch.dtype | None) -> int:
+    """Each NIfTI volume -> its target mask (nifti.segment_volume: the set's orientation, axis and intensity rules,
+    written back on the input's grid). Returns the number of unreadable volumes (each reported and skipped)."""
     import nifti  # nibabel only when volumes are given
 
-    rule = (cfg.get("dataset_description") or {}).get("intensity") or data.spec(cfg["dataset"])["intensity"]
+    p = data.spec(cfg["dataset"])
+    desc = cfg.get("dataset_description") or {}
+    rule = desc.get("intensity") or p["intensity"]
+    axis = desc.get("slice_axis") or p["slice_axis"] or "auto"
     if rule is None:
         tqdm.write(f"note: {cfg['dataset']} has no intensity rule (not sliced by data.py slice); using "
                    f"{nifti.DEFAULT_INTENSITY}", file=sys.stderr)
@@ -208,8 +269,14 @@ def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, volumes: list
             slices = [np.repeat(s[..., None], 3, axis=-1) for s in slices]
         return predict_slices(models, cfg, slices, device, amp)
 
-    for v in tqdm(volumes, unit="volume", desc="segment", dynamic_ncols=True):
-        nifti.segment_volume(v, out, run_slices, cfg["in_channels"], rule)
+    failed = 0
+    for v, target in tqdm(targets.items(), unit="volume", desc="segment", dynamic_ncols=True):
+        try:
+            nifti.segment_volume(v, target.parent, run_slices, cfg["in_channels"], rule, axis, volume_values(p), target)
+        except data.DataError as e:  # unreadable, 2D/4D, non-finite: report, go on with the rest
+            failed += 1
+            _skipped(v, str(e).removeprefix(f"{v}: "))
+    return failed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -218,7 +285,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("checkpoint", help="checkpoint written by train.py (last.pt / best_test_selected.pt) or its run folder")
     p.add_argument("--images", required=True, help="folder of images (PNG/JPG/BMP/TIFF) or NIfTI volumes "
                                                    "(.nii/.nii.gz -> <case>.nii.gz masks) to segment")
-    p.add_argument("--out", required=True, help="output folder for <name>.png masks and <name>_overlay.png")
+    p.add_argument("--out", required=True, help="output folder for <name>.png masks and <name>_overlay.png "
+                                                "(<case>.nii.gz for volumes); made when missing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files of an earlier run in --out (default: refuse to run when --out holds any file "
+                        "this run would write)")
     p.add_argument("--model", choices=["medsam", "unet"], default=None,
                    help="which student segments (default: medsam; unet if the run has no SAM)")
     p.add_argument("--sam-ckpt", help="base SAM/MedSAM weights (default: the path recorded in the checkpoint)")
@@ -238,11 +309,18 @@ def run(argv: list[str] | None = None) -> int:
         raise EvalError(f"--images {folder}: folder not found")
     if out.resolve() == folder.resolve():
         raise EvalError(f"--out {out} is the --images folder: the masks would overwrite the images; pick another")
+    plan = plan_outputs(folder)  # every output name is known, and checked, before the model loads
+    check_out(out, plan, a.overwrite)
     ck = load_checkpoint(checkpoint_path(a.checkpoint))
     device = pick_device(a.device)
     models = build_students(ck, device, which_models(ck, a.model), a.sam_ckpt)
-    failed = segment_folder(models, ck["config"], folder, out, device, amp_dtype(a.amp, ck["config"], device))
-    print(f"wrote masks and overlays to {out}" + (f"; {failed} unreadable image(s) skipped" if failed else ""))
+    try:  # made only now: a missing checkpoint or model leaves no empty --out behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EvalError(f"--out {out}: cannot make the folder ({e.strerror})") from None
+    failed = segment_folder(models, ck["config"], plan, out, device, amp_dtype(a.amp, ck["config"], device))
+    print(f"wrote {len(plan) - failed} segmentation(s) to {out}"
+          + (f"; {failed} unreadable file(s) skipped (listed above)" if failed else ""))
     return 1 if failed else 0
 
 

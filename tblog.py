@@ -7,8 +7,10 @@ Written to <run folder>/tb/ by rank 0:
     train/<name>               every metrics.csv column (loss, L_x, L_u, L_c, L_d, lambda, alpha, phi_self, phi_mut,
                                mask_ratio, dice_*_teacher, dice_ensemble, s_per_step), every --log-every steps
     test_dice/<model>/<domain> each student's mean test Dice per domain at every evaluation (+ .../mean)
-    test/<domain>/<name>       at every evaluation, the first test image of up to 4 domains as one strip:
-                               image | ground truth | SAM student | U-Net student (classes painted translucent)
+    test/<domain>/<name>       at every evaluation, one test image of each of up to 4 domains as one strip:
+                               image | ground truth | SAM student | U-Net student (classes painted translucent);
+                               the one with the most foreground of 16 spread over the domain's test split (chosen
+                               once; the first slice of a volume is usually empty)
     unlabeled/pseudo_labels    the step's unlabeled weak views | their ensemble pseudo-labels (Eq. 3, 7; pixels
                                below the confidence threshold tau greyed) | ground truth (monitoring only)
 The tensorboard package is needed only with the flag (import here, when the writer is made); without it
@@ -29,6 +31,7 @@ from predict import PALETTE, overlay
 from synfoc import Run, teachers
 
 N_PICTURES = 4  # test domains drawn per evaluation
+PICK_FROM = 16  # test cases per domain looked at, once, to choose the drawn one
 
 
 def writer(out: Path):
@@ -47,6 +50,19 @@ def _uint8(img: torch.Tensor) -> np.ndarray:
     return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
 
 
+def shown_cases(dataset: str, test_cases: list) -> list:
+    """Per domain (up to N_PICTURES) the test case drawn: of PICK_FROM cases spread evenly over the domain's
+    test split, the one with the largest foreground fraction (the first on ties)."""
+    shown = []
+    for d in sorted({c[2] for c in test_cases})[:N_PICTURES]:
+        own = [c for c in test_cases if c[2] == d]
+        spread = np.linspace(0, len(own) - 1, min(len(own), PICK_FROM)).round().astype(int)
+        picks = [own[i] for i in sorted(set(spread.tolist()))]
+        fg = [float(np.mean(data.load_case(dataset, c[0], c[1])[1] > 0)) for c in picks]
+        shown.append(picks[int(np.argmax(fg))])
+    return shown
+
+
 def _labels(label: np.ndarray, grey: np.ndarray | None = None) -> np.ndarray:
     """int class ids [H,W] -> uint8 [H,W,3] in the overlay palette; `grey` (bool) pixels drawn grey."""
     rgb = PALETTE[np.minimum(label, len(PALETTE) - 1)].astype(np.uint8)
@@ -60,6 +76,7 @@ class TBLog:
 
     def __init__(self, out: Path):
         self.w = writer(out)
+        self.shown: list | None = None  # the test cases drawn, chosen at the first evaluation
 
     def scalars(self, step: int, values: dict[str, float], sec: float) -> None:
         for k, v in {**values, "s_per_step": sec}.items():
@@ -76,8 +93,9 @@ class TBLog:
         """Test strips (image | GT | SAM | U-Net) and the unlabeled batch's pseudo-labels (module docstring)."""
         cfg, S = run.cfg, run.cfg["unet_size"]
         domains = data.spec(cfg["dataset"])["domains"]
-        firsts = [next(c for c in test_cases if c[2] == d) for d in sorted({c[2] for c in test_cases})][:N_PICTURES]
-        ds = data.TestSet(cfg["dataset"], firsts, cfg.get("sam_size") or S, unet_size=S)
+        if self.shown is None:
+            self.shown = shown_cases(cfg["dataset"], test_cases)
+        ds = data.TestSet(cfg["dataset"], self.shown, cfg.get("sam_size") or S, unet_size=S)
         models = {n: m for n, m in (("medsam", run.sam), ("unet", run.unet)) if m is not None}
         for m in models.values():
             m.eval()

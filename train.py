@@ -24,12 +24,14 @@ the periodic evaluation.
 Run folder runs/<name>/: config.json, log.txt, metrics.csv (every --log-every steps), evals.csv (step,
 model, domain, dice of every periodic evaluation), last.pt (every --eval-every steps, after evaluating
 both students on every domain's test split), best_test_selected.pt (the best mean test Dice: the paper's
-optimistic protocol, kept apart). Checkpoints are plain dicts (torch.load(p, weights_only=True)) written
-atomically; --resume continues exactly (the same per-step losses and final weights as an uninterrupted
-run; tested on CPU). metrics.csv columns: loss, L_x, L_u, L_c, L_d (with --reg cr the plain MSE term is
-logged as L_c), λ, mean α, Φself, Φmut, the pseudo-label mask ratio and the Dice of the SAM-teacher,
+optimistic protocol, kept apart), tb/ (with --tensorboard; a fresh start or --overwrite clears it).
+Checkpoints are plain dicts (torch.load(p, weights_only=True)) written atomically; --resume continues
+exactly (the same per-step losses and final weights as an uninterrupted run; tested on CPU). metrics.csv
+columns: loss, L_x, L_u, L_c, L_d (with --reg cr the plain MSE term is logged as L_c), λ, mean α, Φself, Φmut, the pseudo-label mask ratio and the Dice of the SAM-teacher,
 U-Net-teacher and ensemble pseudo-labels against the unlabeled ground truth (paper Fig. 6), and the wall
 seconds per step (evaluation excluded); a column a mode or a burn-in step does not compute is 0.
+Before step 0 every mask of the train and test splits is decoded once (data.check_masks, the checks of data.py
+check): an unmapped value or a mask/image size mismatch is one error line, exit 2.
 A dataset.json set (docs/datasets.md) is its own data root; its "train" field gives the defaults the flags
 override, and config.json / the checkpoints carry its whole description (dataset_description), so evaluate.py
 and predict.py (also on NIfTI volumes, with the set's intensity rule) work without the folder's dataset.json.
@@ -359,9 +361,17 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     if cfg["test_limit"]:
         test_cases = [c for d in sorted({c[2] for c in test_cases})
                       for c in [c for c in test_cases if c[2] == d][: cfg["test_limit"]]]
+    # every mask once, before step 0: an unmapped value or a wrong size stops the run now, not when the loader
+    # first draws that slice (hours in); the same decoding and messages as data.py check
+    problems = data.check_masks(cfg["dataset"], lab_cases + unl_cases + test_cases)
+    if problems:
+        raise data.DataError(f"{len(problems)} mask problem(s) (python data.py check --dataset {cfg['dataset']} "
+                             f"lists them all), the first: {problems[0]}")
     log = Log(out, enabled=is_main)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+    if ck is None and is_main:  # a fresh start (--overwrite): old TensorBoard events would draw a second curve per tag
+        shutil.rmtree(out / "tb", ignore_errors=True)
     tb = None
     if cfg.get("tensorboard") and is_main:
         import tblog  # tensorboard only with the flag

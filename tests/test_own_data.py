@@ -1,5 +1,6 @@
 """Bring your own data: dataset.json (dataset_spec.py, data.py init/check), NIfTI in and out (nifti.py, predict.py),
-per-volume metrics in mm, TensorBoard (tblog.py), and the README's worked example end to end on tiny volumes.
+per-volume metrics in mm, TensorBoard (tblog.py), and the README's worked example end to end on tiny volumes (stored LPS,
+oblique and through-plane axis first: predicted masks must land voxel for voxel on each input's grid).
 Volumes and sets are generated here; the presets' descriptions are checked against the real sample files."""
 import json
 import shutil
@@ -15,6 +16,7 @@ import data
 import dataset_check
 import evaluate
 import metrics
+import predict
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,23 +35,49 @@ def volume(rng: np.random.Generator, style: int, shape=(40, 36, 8)) -> tuple[np.
     return img.astype(np.float32), lab
 
 
-def save_nii(path: Path, arr: np.ndarray) -> Path:
+def ras_affine() -> np.ndarray:
     affine = np.diag([*SPACING, 1.0])
     affine[:3, 3] = (-10.0, 5.0, 2.5)
+    return affine
+
+
+def save_nii(path: Path, arr: np.ndarray, affine: np.ndarray | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    nib.save(nib.Nifti1Image(arr, ras_affine() if affine is None else affine), str(path))
     return path
 
 
+# how each domain stores its volumes (every voxel at the same place in space as the RAS original)
+STORED = {"siteA": "lps", "siteB": "oblique", "siteC": "through-plane first"}
+
+
+def stored(arr: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of a RAS volume (ras_affine) stored as `how`: "lps" = x and y flipped; "oblique" = the
+    affine rotated 20 degrees about z and x flipped; "through-plane first" = axes (z, x, y), the 3 mm axis first."""
+    aff = ras_affine()
+    if how == "oblique":
+        c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+        aff = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ aff
+    perm = (2, 0, 1) if how == "through-plane first" else (0, 1, 2)
+    a, out = np.transpose(arr, perm), aff.copy()
+    out[:, :3] = aff[:, list(perm)]
+    for j in {"lps": (0, 1), "oblique": (0,)}.get(how, ()):
+        a = np.flip(a, axis=j)
+        out[:3, 3] += out[:3, j] * (a.shape[j] - 1)  # the flipped axis now starts at the far end
+        out[:3, j] = -out[:3, j]
+    return np.ascontiguousarray(a), out
+
+
 def make_volumes(raw: Path) -> None:
-    """raw/<domain>/<split>/{images,labels}/<case>.nii.gz: 3 domains, 2 train and 1 test volume each."""
+    """raw/<domain>/<split>/{images,labels}/<case>.nii.gz: 3 domains, 2 train and 1 test volume each, stored
+    LPS (siteA), oblique (siteB) and through-plane axis first (siteC)."""
     rng = np.random.default_rng(0)
     for s, dom in enumerate(("siteA", "siteB", "siteC")):
         for split, n in (("train", 2), ("test", 1)):
             for k in range(n):
                 img, lab = volume(rng, s)
-                save_nii(raw / dom / split / "images" / f"{dom}{split}{k}_0000.nii.gz", img)
-                save_nii(raw / dom / split / "labels" / f"{dom}{split}{k}.nii.gz", lab)
+                save_nii(raw / dom / split / "images" / f"{dom}{split}{k}_0000.nii.gz", *stored(img, STORED[dom]))
+                save_nii(raw / dom / split / "labels" / f"{dom}{split}{k}.nii.gz", *stored(lab, STORED[dom]))
 
 
 def slice_all(raw: Path, out: Path) -> None:
@@ -62,7 +90,7 @@ def slice_all(raw: Path, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the worked example
-def test_worked_example_nifti_to_nifti(tmp_path, capsys):
+def test_worked_example_nifti_to_nifti(tmp_path, capsys, monkeypatch):
     raw, my_set = tmp_path / "raw", tmp_path / "my_set"
     make_volumes(raw)
     slice_all(raw, my_set)
@@ -71,6 +99,9 @@ def test_worked_example_nifti_to_nifti(tmp_path, capsys):
     assert geo["cases"]["siteBtest0"]["slice_spacing"] == pytest.approx([0.7, 0.8, 3.0])
     assert len(list((my_set / "siteB/test/image").glob("siteBtest0_*.png"))) == 8     # test: every slice
     assert len(list((my_set / "siteA/train/image").glob("*.png"))) < 16               # train: empty ones skipped
+    for dom in STORED:  # however stored, every site is cut into axial slices of 36 rows x 40 columns
+        g = json.loads((my_set / dom / "test/volumes.json").read_text())["cases"][f"{dom}test0"]
+        assert g["plane"] == "axial" and g["slice_shape"] == [36, 40] and len(g["slices"]) == 8, dom
     assert data.main(["init", str(my_set)]) == 0
     desc = json.loads((my_set / "dataset.json").read_text())
     assert desc["domains"] == ["siteA", "siteB", "siteC"] and desc["split"] == "folders"
@@ -102,6 +133,27 @@ def test_worked_example_nifti_to_nifti(tmp_path, capsys):
     assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
     assert seg.header.get_zooms() == pytest.approx(SPACING) and seg.get_data_dtype() == np.uint8
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2}
+    # every site's test volume, with a stand-in for the model that reads the class from the intensity: the LPS,
+    # oblique and through-plane-first volumes come back voxel for voxel on their own grids
+    new = tmp_path / "new"
+    new.mkdir()
+    for dom in STORED:
+        shutil.copy(raw / dom / "test/images" / f"{dom}test0_0000.nii.gz", new / f"{dom}.nii.gz")
+    monkeypatch.setattr(predict, "predict_slices", lambda models, cfg, slices, *a: [np.digitize(s, [85, 170])
+                                                                                    for s in slices])
+    with pytest.raises(SystemExit) as e:
+        predict.main([str(run), "--images", str(new), "--out", str(tmp_path / "seg_all"), "--model", "unet",
+                      "--device", "cpu"])
+    assert e.value.code == 0
+    import nifti
+
+    for dom in STORED:
+        src = nib.load(str(new / f"{dom}.nii.gz"))
+        seg = nib.load(str(tmp_path / "seg_all" / f"{dom}.nii.gz"))
+        lab = np.asarray(nib.load(str(raw / dom / "test/labels" / f"{dom}test0.nii.gz")).dataobj)
+        want = np.digitize(nifti.to_uint8(np.asarray(src.dataobj), None), [85, 170])  # the stand-in, in place
+        assert np.allclose(seg.affine, src.affine) and np.array_equal(np.asarray(seg.dataobj), want), dom
+        assert np.mean(want == lab) > 0.99  # and that is the organ (noise aside)
 
 
 def test_nifti_round_trip_and_intensity(tmp_path):
