@@ -29,9 +29,8 @@ from synfoc import Run
 
 METRIC_NAMES = ["loss", "L_x", "L_u", "L_c", "L_d", "lambda", "alpha", "phi_self", "phi_mut", "mask_ratio",
                 "dice_sam_teacher", "dice_unet_teacher", "dice_ensemble"]
-# the settings that define "the same budget" for the reference train.py prints (every one must match)
-# What makes a run the reference's budget. Not "amp": fp32 and native bf16 differ by rounding (as threads do),
-# and the printed line names the precision the reference was measured in.
+# the settings that define "the same budget" for the reference train.py prints (every one must match). Not "amp":
+# fp32 and native bf16 differ by rounding (as threads do); the printed line names the reference's precision.
 BUDGET_KEYS = ("steps", "burn_in", "batch", "lr_sam", "lr_unet", "ema", "tau", "rank", "sam", "lite_size",
                "head_init", "sam_norm", "unet_norm", "unet_layer", "unet_width", "unet_size", "labeled", "domain",
                "seed", "data_seed", "dice_mask")

@@ -22,7 +22,7 @@ Measured on this project's CPU: bench/README.md.
 Precision by capability (`--amp auto`, the default of train.py, evaluate.py, predict.py and bench/step.py):
 choose_amp() picks fp16 with the GradScaler on CUDA (the authors' code), bf16 on a CPU that computes bf16
 natively (AVX-512 BF16 or AMX), fp32 (`off`) on any other CPU, where bf16 autocast is emulated: a 3x3 conv
-runs ~100x slower than in fp32 on an AVX2-only CPU (EXPERIMENTS.md "Precision by capability").
+runs ~100x slower than in fp32 on an AVX2-only CPU (EXPERIMENTS.md "2026-12-02: a preset for any CPU").
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ import losses
 import smc
 from checkpoint import build_models, unet_from_config
 from medsam_lora import make_teacher
-from speedups import ema_foreach, optimise_models
+from speedups import AMP_DTYPES, ema_foreach, optimise_models
 from unet import UNet
 
 LOSS_NAMES = ("loss", "L_x", "L_u", "L_c", "L_d")
@@ -100,7 +100,7 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
                                fused=fused) if unet is not None else None
     opt_sam = torch.optim.AdamW(sam.trainable_parameters(), lr=cfg["lr_sam"], betas=(0.9, 0.999),
                                 weight_decay=0.1, fused=fused) if sam is not None else None
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg["amp"])
+    amp_dtype = AMP_DTYPES.get(cfg["amp"])  # None: --amp off
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16")
     targets = PSEUDO_LABELS[cfg.get("pseudo_labels", "ensemble")]
     return Run(cfg, unet, unet_t, sam, sam_t, opt_unet, opt_sam, scaler, amp_dtype, device, targets=targets)

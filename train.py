@@ -27,7 +27,8 @@ both students on every domain's test split), best_test_selected.pt (the best mea
 optimistic protocol, kept apart), tb/ (with --tensorboard; a fresh start or --overwrite clears it).
 Checkpoints are plain dicts (torch.load(p, weights_only=True)) written atomically; --resume continues
 exactly (the same per-step losses and final weights as an uninterrupted run; tested on CPU). metrics.csv
-columns: loss, L_x, L_u, L_c, L_d (with --reg cr the plain MSE term is logged as L_c), λ, mean α, Φself, Φmut, the pseudo-label mask ratio and the Dice of the SAM-teacher,
+columns: loss, L_x, L_u, L_c, L_d (with --reg cr the plain MSE term is logged as L_c), λ, mean α, Φself, Φmut,
+the pseudo-label mask ratio and the Dice of the SAM-teacher,
 U-Net-teacher and ensemble pseudo-labels against the unlabeled ground truth (paper Fig. 6), and the wall
 seconds per step (evaluation excluded); a column a mode or a burn-in step does not compute is 0.
 Before step 0 every mask of the train and test splits is decoded once (data.check_masks, the checks of data.py
