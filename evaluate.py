@@ -69,11 +69,12 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
-from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
+from hardware.speedups import AMP_CHOICES
 from metrics import METRICS, case_metrics
-from predict import EvalError, OneLineParser, amp_dtype, cli_main, overlay, pick_device, which_models
-from speedups import AMP_CHOICES
-from tables import aggregate, aggregate_runs, format_table
+from predict import EvalError, OneLineParser, amp_dtype, cli_main, pick_device, which_models
+from records.checkpoint import build_students, checkpoint_path, load_checkpoint, predict
+from records.plots import overlay
+from records.tables import aggregate, aggregate_runs, format_table
 
 # -----------------------------------------------------------------------------
 # checkpoint, data root, models
@@ -222,6 +223,22 @@ def mean_dice(summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
     is the headline number: over domains, then parts)."""
     return {n: {**{d: e["dice"] for d, e in s["domains"].items()}, "mean": s["mean"]["dice"]}
             for n, s in summaries.items()}
+
+
+def evaluate_students(run, cases: list, cfg: dict) -> dict[str, dict[int, float]]:
+    """Mean Dice (over slices, then parts) per domain of each student of a training run (synfoc.Run) on
+    `cases`, with this file's code (the paper's metrics); train.py's periodic evaluation.
+    Returns {model: {domain (1-based): Dice}}."""
+    models = {n: m for n, m in (("unet", run.unet), ("medsam", run.sam)) if m is not None}
+    for m in models.values():
+        m.eval()
+    _, summaries = evaluate_cases(models, cfg["dataset"], cases, cfg, run.device,
+                                  batch_size=max(cfg["batch"]), workers=cfg["workers"], amp=run.amp_dtype)
+    for m in models.values():
+        m.train()
+    domains = data.spec(cfg["dataset"])["domains"]
+    return {n: {domains.index(d) + 1: v for d, v in r.items() if d != "mean"}
+            for n, r in mean_dice(summaries).items()}
 
 
 def split_cases(dataset: str, root: Path, split: str) -> list[tuple[str, list[str], int]]:
@@ -388,7 +405,7 @@ def run(argv: list[str] | None = None) -> int:
         raise EvalError(f"--images: segmenting new images moved to predict.py: python predict.py "
                         f"{a.checkpoint[0]} --images {a.images} --out {a.out}")
     if a.curves:
-        import plots  # matplotlib only when drawing
+        from records import plots
 
         for c in a.checkpoint:
             folder = Path(c) if Path(c).is_dir() else Path(c).parent

@@ -4,7 +4,7 @@
     python predict.py runs/fundus_d1 --images scans/ --out scans_seg/ --model unet    # a run folder means its last.pt
     python predict.py runs/fundus_d1 --images scans/ --out scans_seg/ --overwrite     # replace an earlier run's files
 
-NIfTI volumes (.nii / .nii.gz in --images; nifti.py) are cut into slices exactly as data.py slice cut the
+NIfTI volumes (.nii / .nii.gz in --images; dataio/nifti.py) are cut into slices exactly as data.py slice cut the
 training volumes: reoriented to the closest canonical (RAS+) orientation, sliced along the set's axis rule (its
 "slice_axis": auto = across the largest voxel spacing) with its intensity rule ("intensity"; both carried in
 the checkpoint; auto and percentile 0.5-99.5 when the set had none). The predicted slices are stacked, brought
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,11 +46,11 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
-from checkpoint import build_students, checkpoint_path, load_checkpoint, predict
-from metrics import part_mask, surface
-from sam_checkpoint import CheckpointError
-from speedups import AMP_CHOICES, AMP_DTYPES, choose_amp
-from transforms import resize_label, to_input
+from dataio.transforms import resize_label, to_input
+from hardware.speedups import AMP_CHOICES, AMP_DTYPES, choose_amp
+from medsam_lora import CheckpointError
+from records.checkpoint import build_students, checkpoint_path, load_checkpoint, predict
+from records.plots import overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -98,27 +97,6 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-# translucent prediction colours per class id (0 = background, not drawn): red, blue, yellow, magenta, cyan
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [0, 130, 200], [255, 225, 25], [240, 50, 230], [70, 240, 240]], np.float32)
-GT_COLOUR = np.array([0, 255, 0], np.uint8)
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
-            parts: Sequence[Sequence[int]] = (), alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 [H,W,3]: the image (uint8 [H,W] or [H,W,3]) with each predicted class painted translucent
-    and, when gt is given, the contour of each ground-truth part in green."""
-    img = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
-    out = img[..., :3].astype(np.float32)
-    fg = pred > 0
-    colours = PALETTE[np.minimum(pred, len(PALETTE) - 1)]
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    if gt is not None:
-        for part in parts:
-            out[surface(part_mask(gt, part))] = GT_COLOUR  # the 1-pixel contour (medpy surface)
-    return out
-
-
 def cli_main(run, argv: list[str] | None) -> None:
     """Call a command line's run(argv) and exit with its status; user mistakes (CheckpointError, DataError,
     EvalError) become one `error: ...` line on stderr and exit status 2."""
@@ -153,7 +131,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
 def plan_outputs(folder: Path) -> dict[Path, list[str]]:
     """Every input of `folder` (images and NIfTI volumes, sorted by name) -> the file names it writes in --out.
     EvalError when there is none, or when two inputs would write one file (module docstring)."""
-    import nifti  # file names only: nibabel is imported when a volume is read
+    from dataio import nifti  # file names only: nibabel is imported when a volume is read
 
     entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -254,7 +232,7 @@ def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, targets: dict
                     amp: torch.dtype | None) -> int:
     """Each NIfTI volume -> its target mask (nifti.segment_volume: the set's orientation, axis and intensity rules,
     written back on the input's grid). Returns the number of unreadable volumes (each reported and skipped)."""
-    import nifti  # nibabel only when volumes are given
+    from dataio import nifti  # nibabel only when volumes are given
 
     p = data.spec(cfg["dataset"])
     desc = cfg.get("dataset_description") or {}

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardware.sam_attention import use_fast_attention
+from hardware.speedups import AMP_DTYPES, ema_foreach, optimise_models
 import losses
+from medsam_lora import build_sam, make_teacher
 import smc
-from checkpoint import build_models, unet_from_config
-from medsam_lora import make_teacher
-from speedups import AMP_DTYPES, ema_foreach, optimise_models
 from unet import UNet
 
 LOSS_NAMES = ("loss", "L_x", "L_u", "L_c", "L_d")
@@ -77,8 +77,43 @@ class Run:
         return [o for o in (self.opt_unet, self.opt_sam) if o is not None]
 
 
+def uses(cfg: dict) -> tuple[bool, bool]:
+    """(trains the U-Net, trains SAM) for this mode."""
+    return cfg["mode"] in ("synfoc", "unet", "suponly"), cfg["mode"] in ("synfoc", "medsam")
+
+
+def unet_from_config(cfg: dict) -> UNet:
+    """The U-Net of a (saved) config, freshly initialised; configs saved before a key existed get its old
+    behaviour (/255 input, BatchNorm). One place, so student and teacher always match."""
+    return UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
+                cfg.get("unet_layer", "batch"))
+
+
+def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
+    """The two students of a (saved) config; a model the mode does not train is None."""
+    use_unet, use_sam = uses(cfg)
+    unet = unet_from_config(cfg).to(device) if use_unet else None
+    sam = None
+    if use_sam:  # configs saved before a key existed get its old behaviour
+        kw = dict(seed=cfg.get("seed", 0) if "head_init" in cfg else 0, head_init=cfg.get("head_init", "random"),
+                  input_norm=cfg.get("sam_norm", "unit"))
+        if cfg["sam"] == "tiny":
+            tiny = dict(cfg["sam_tiny"], global_attn_indexes=tuple(cfg["sam_tiny"]["global_attn_indexes"]))
+            sam = build_sam("medsam", cfg["num_classes"], None, cfg["rank"], **kw, **tiny)
+        elif cfg["sam"] == "medsam":
+            sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"], **kw)
+        else:
+            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"], lite_size=cfg.get("lite_size", 256), **kw)
+        if cfg.get("fast_attn"):
+            use_fast_attention(sam)  # same outputs (tested), SDPA kernels
+        sam = sam.to(device)
+    if not cfg.get("plain"):  # the optimised step (hardware/speedups.py): same function, faster kernels
+        optimise_models(unet, sam)
+    return unet, sam
+
+
 def build_run(cfg: dict, device: str | torch.device) -> Run:
-    """Students (checkpoint.build_models), EMA teachers, SGD (U-Net) and AdamW (SAM) as the paper."""
+    """Students (build_models), EMA teachers, SGD (U-Net) and AdamW (SAM) as the paper."""
     device = torch.device(device)
     unet, sam = build_models(cfg, device)
     semi = cfg["mode"] != "suponly"
@@ -88,7 +123,7 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
         unet_t.load_state_dict(unet.state_dict())
         unet_t.requires_grad_(False)
         if not cfg.get("plain"):
-            optimise_models(unet_t, None)  # NHWC like its student (speedups.py)
+            optimise_models(unet_t, None)  # NHWC like its student (hardware/speedups.py)
     sam_t = make_teacher(sam) if sam is not None else None  # shares the frozen encoder with its student
     for model in (unet, unet_t, sam, sam_t):
         if model is not None:

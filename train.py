@@ -6,7 +6,7 @@ Commands
     python train.py --dataset prostate --domain 4 --sam-ckpt /path/medsam_vit_b.pth
     python train.py --dataset busi --domain 1 --labeled-ratio 0.25
     python train.py --dataset path/to/my_set --domain 2       # your own set: a folder holding dataset.json
-    python train.py --dataset fundus --domain 1 --tensorboard # + TensorBoard events in runs/<name>/tb (tblog.py)
+    python train.py --dataset fundus --domain 1 --tensorboard # + TensorBoard events in runs/<name>/tb
     python train.py --dataset prostate --domain 1 --mode unet  # Table 7 "Base U-Net" (Mean Teacher + intermediate samples)
     python train.py --dataset prostate --domain 1 --mode medsam   # Table 7 "Base MedSAM"
     python train.py --dataset fundus --domain 1 --mode suponly    # "SupOnly": labeled images only, U-Net
@@ -15,11 +15,11 @@ Commands
     python train.py --dataset fundus --domain 1 --dice-mask all   # W on every Dice channel (default fg: the authors')
     python train.py --dataset synthetic --pseudo-labels oracle    # diagnostic: ground truth as pseudo-labels (ceiling)
     python train.py --resume runs/fundus_d1_synfoc                # continue a killed run exactly
-    torchrun --nproc_per_node 4 train.py --dataset fundus --domain 1   # 4 GPUs (distributed.py; --batch is per rank)
+    torchrun --nproc_per_node 4 train.py --dataset fundus --domain 1   # 4 GPUs (hardware/distributed.py; --batch is per rank)
 
 One iteration is synfoc.train_step (stages 1-8 and their equations are listed in synfoc.py); this file
-holds the command line, the presets, the data plumbing, the loop and checkpoints; runlog.py the logs and
-the periodic evaluation.
+holds the command line, the presets, the data plumbing, the loop and checkpoints; records/runlog.py the logs
+(CSV and TensorBoard), evaluate.evaluate_students the periodic evaluation.
 
 Run folder runs/<name>/: config.json, log.txt, metrics.csv (every --log-every steps), evals.csv (step,
 model, domain, dice of every periodic evaluation), last.pt (every --eval-every steps, after evaluating
@@ -52,17 +52,18 @@ import torch
 from tqdm import tqdm
 
 import data
-import distributed
 import losses
-import plots
 import smc
-import synthetic
-from checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, save_atomic
-from runlog import METRIC_NAMES, Log, dice_table, evaluate_students, reference_line
-from sam_checkpoint import CheckpointError
-from speedups import AMP_CHOICES, choose_amp
+from dataio import synthetic
+from dataio.transforms import random_box
+from evaluate import evaluate_students
+from hardware import distributed
+from hardware.speedups import AMP_CHOICES, choose_amp
+from medsam_lora import CheckpointError
+from records import plots
+from records.checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, save_atomic
+from records.runlog import METRIC_NAMES, Log, TBLog, dice_table, reference_line
 from synfoc import Run, build_run, lam, train_step
-from transforms import random_box
 
 SYNFOC_ONLY = ("alpha", "reg")  # flags that mean something only when both models train
 
@@ -103,10 +104,10 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile the students and teachers (GPU; the first "
                                                           "steps pay the compilation)")
     p.add_argument("--plain", action="store_true",
-                   help="the plain step: every speed-only change of speedups.py off (no Conv+BN folding, NCHW, "
+                   help="the plain step: every speed-only change of hardware/speedups.py off (no Conv+BN folding, NCHW, "
                         "EMA loop, foreach optimisers); the reference for parity checks, slower")
     p.add_argument("--fast-attn", action="store_true", help="MedSAM ViT attention through scaled_dot_product_attention "
-                                                            "(sam_attention.py; same outputs, faster on GPUs)")
+                                                            "(hardware/sam_attention.py; same outputs, faster on GPUs)")
     p.add_argument("--unet-norm", choices=["unit", "minmax", "zscore"],
                    help="U-Net input scaling: unit = pixel/255 as the official code, minmax = each image to [0,1] "
                         "by its own min/max, zscore = each image and channel to mean 0, std 1 (default: preset)")
@@ -158,7 +159,7 @@ def parse_args(argv: list[str] | None) -> dict:
                                             "initialisation (default 0)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard events to <run folder>/tb: every metrics.csv scalar, per-domain test "
-                        "Dice, test images with GT and both students' predictions, the pseudo-labels (tblog.py; "
+                        "Dice, test images with GT and both students' predictions, the pseudo-labels (records/runlog.py; "
                         "needs the tensorboard package; off by default, metrics.csv and curves.png stay)")
     p.add_argument("--out", help="run folder (default: runs/<dataset>_d<domain>_<mode>[_<alpha>][_<reg>])")
     p.add_argument("--resume", nargs="?", const="", help="continue from a run folder or checkpoint (no value: the run folder of these flags)")
@@ -292,7 +293,7 @@ def dataset_root(cfg: dict) -> Path:
 # ----------------------------------------------------------------------------- training
 
 def checkpoint(run: Run, step: int, best: float) -> dict:
-    """The plain-dict checkpoint of a run at `step` (see checkpoint.py for the keys)."""
+    """The plain-dict checkpoint of a run at `step` (see records/checkpoint.py for the keys)."""
     sd = lambda m, f: None if m is None else getattr(m, f)()  # noqa: E731
     return dict(format=CKPT_FORMAT, step=step, config=run.cfg, best_dice=best,
                 unet=sd(run.unet, "state_dict"), unet_ema=sd(run.unet_t, "state_dict"),
@@ -375,10 +376,8 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         shutil.rmtree(out / "tb", ignore_errors=True)
     tb = None
     if cfg.get("tensorboard") and is_main:
-        import tblog  # tensorboard only with the flag
-
         try:
-            tb = tblog.TBLog(out)
+            tb = TBLog(out)  # imports tensorboard: only with the flag
         except ImportError as e:
             raise ConfigError(str(e)) from None
     if ck is None and is_main:

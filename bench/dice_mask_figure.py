@@ -32,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plots  # noqa: E402  (Agg backend)
-from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from records import plots  # noqa: E402  (Agg backend)
+from records.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from pseudo_labels import pseudo_label_quality  # noqa: E402
 
-plt = plots.plt
+plt = plots.pyplot()
 STYLES = ["-", "--", "-.", (0, (5, 1))]
 MODEL_COLOURS = {"medsam": "tab:blue", "unet": "tab:orange"}
 

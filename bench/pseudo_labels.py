@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import smc  # noqa: E402
 import train  # noqa: E402
-from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from records.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from synfoc import build_run, resize, teachers  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Speed of one SynFoC training step: the paper configuration built as train.py builds it, timed.
 
 Commands (from the repository root)
-    python bench/step.py --dataset fundus --amp bf16 --peak-tflops 989          # GPU: paper config, 3 + 10 steps
+    python bench/step.py --dataset fundus --amp bf16                            # GPU: paper config, 3 + 10 steps
     python bench/step.py --dataset prostate --amp fp16 --compile --fast-attn
     python bench/step.py --dataset fundus --sam-ckpt checkpoints/medsam_vit_b.pth  # real MedSAM weights
     python bench/step.py --write-ckpt /tmp/medsam_random.pth  # only write the random MedSAM-shaped state dict
@@ -23,7 +23,7 @@ the width-16 GroupNorm U-Net at 128, batch 1 + 1, amp auto) on REAL batches: the
 through train.py's datasets, augmentations and (seed, step) draws; warm-up 2, 5 steps per window;
 `--lite-size` and `--unet-size` measure other sizes of it. `--amp auto` (every default): fp16 on CUDA, bf16 on
 a CPU with native bf16, fp32 elsewhere (speedups.choose_amp); the report names the CPU and the choice.
-`--plain` times the plain step (train.py --plain: speedups.py off); `--compare` builds both from the same
+`--plain` times the plain step (train.py --plain: hardware/speedups.py off); `--compare` builds both from the same
 seed and times them in alternating windows on the same inputs (s/step and the rest describe the optimised
 one; `compare:` gives both medians and the speedup). `--windows K`: s/step is the median of K windows.
 
@@ -45,8 +45,14 @@ Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then t
     config, device, capability (CPU model, ISA level, bf16 native or emulated, threads, torch), amp (the
     choice and why), s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
     over the timed steps; n/a on CPU), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
-    --peak-tflops; n/a without it), split (ms per step of the four parts); with --compare a `compare:` line,
-    with --parts `parts:` and the table, before the JSON line.
+    --peak-tflops; on CUDA PEAK_TFLOPS by default, n/a on a CPU without the flag), split (ms per step of the
+    four parts); with --compare a `compare:` line, with --parts `parts:` and the table, before the JSON line.
+
+The card's peak. PEAK_TFLOPS below is the one peak every bench tool divides by (this file's --peak-tflops on
+CUDA, bench/gpu_check.py's frac_peak): the dense BF16/FP16 tensor rate of NVIDIA's H100 SXM and H200 SXM data
+sheets, which list 1,979 TFLOP/s BF16/FP16 "with sparsity", twice the dense rate. What a card reaches in a
+plain bf16 matmul is measured, not written down: `python3 bench/gpu_check.py env --results env.jsonl` prints
+it as bf16_matmul_TFLOP_s (the GPU check's env section records it).
 """
 from __future__ import annotations
 
@@ -67,12 +73,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project is f
 import synfoc  # noqa: E402
 import train  # noqa: E402
 from medsam_lora import LoRAQKV, build_sam  # noqa: E402
-from sam_attention import use_fast_attention  # noqa: E402
-from speedups import AMP_CHOICES, capability_line  # noqa: E402
+from hardware.sam_attention import use_fast_attention  # noqa: E402
+from hardware.speedups import AMP_CHOICES, capability_line  # noqa: E402
 
 DATASETS = ("fundus", "prostate", "mnms", "busi", "synthetic")
 REDUCED = dict(sam="tiny", unet_width=8, unet_size=64, batch=[1, 1], amp="auto", warmup=1, steps=2)
 PAPER = dict(sam="medsam", unet_width=64, unet_size=None, batch=None, amp="auto", warmup=3, steps=10)
+# NVIDIA H100/H200 SXM data sheet: 1,979 TFLOP/s BF16/FP16 tensor with sparsity, half without (the dense rate)
+PEAK_TFLOPS = 989.0
 PARTS = ("teachers", "students fwd+losses", "backward", "optimisers+EMA")
 # --parts: the step cut finer (module hooks on the live models; one row per part of one SynFoC step)
 FINE = ("data loading + augmentation", "U-Net teacher fwd", "SAM teacher fwd", "U-Net student fwd (SMC, no grad)",
@@ -89,13 +97,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the students and teachers (after the FLOP count)")
     p.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
                    help="torch.compile backend (default inductor; eager only traces, for quick checks)")
-    p.add_argument("--fast-attn", action="store_true", help="SAM ViT attention through SDPA (sam_attention.py)")
+    p.add_argument("--fast-attn", action="store_true", help="SAM ViT attention through SDPA (hardware/sam_attention.py)")
     p.add_argument("--warmup", type=int, help="untimed steps before timing (default 3 on CUDA, 1 on CPU)")
     p.add_argument("--steps", type=int, help="timed steps, and as many again for the split (default 10 on CUDA, 2 on CPU)")
-    p.add_argument("--peak-tflops", type=float, help="the card's peak TFLOP/s for the amp dtype (e.g. 989 for H100 SXM bf16)")
+    p.add_argument("--peak-tflops", type=float,
+                   help=f"the card's peak TFLOP/s for the amp dtype (default on CUDA {PEAK_TFLOPS:g}: PEAK_TFLOPS, the "
+                        "H100/H200 SXM data sheet's dense BF16/FP16; none on a CPU)")
     p.add_argument("--sam", choices=["medsam", "litemedsam", "tiny"],
                    help="MedSAM ViT-B at 512 (default on CUDA), the tiny random ViT (CPU), or LiteMedSAM (synthetic's)")
-    p.add_argument("--plain", action="store_true", help="the plain step (train.py --plain: every speedups.py change off)")
+    p.add_argument("--plain", action="store_true", help="the plain step (train.py --plain: every hardware/speedups.py change off)")
     p.add_argument("--compare", action="store_true",
                    help="time the plain and the optimised step side by side (alternating windows, same inputs)")
     p.add_argument("--windows", type=int, default=1, help="timed windows of --steps steps; s/step is their median (default 1)")
@@ -111,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the models and the random inputs (default 0)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.peak_tflops is None and args.device.startswith("cuda"):
+        args.peak_tflops = PEAK_TFLOPS
     defaults = PAPER if args.device.startswith("cuda") else REDUCED
     if args.dataset == "synthetic":  # the embedded default as train.py runs it: the preset decides
         defaults = dict(sam=None, unet_width=None, unet_size=None, batch=None, amp=None, lite_size=None, warmup=2,

@@ -63,12 +63,12 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import evaluate  # noqa: E402
-import plots  # noqa: E402
+from records import plots  # noqa: E402
 import predict  # noqa: E402
 import train  # noqa: E402
-from checkpoint import build_students, load_checkpoint  # noqa: E402
-from runlog import BUDGET_KEYS, REFERENCE  # noqa: E402  (the reference file train.py prints from)
-from speedups import capability_line  # noqa: E402
+from records.checkpoint import build_students, load_checkpoint  # noqa: E402
+from records.runlog import BUDGET_KEYS, REFERENCE  # noqa: E402  (the reference file train.py prints from)
+from hardware.speedups import capability_line  # noqa: E402
 
 MAIN_ROWS = [("SupOnly", ["--mode", "suponly"]), ("Base U-Net", ["--mode", "unet"]),
              ("Base MedSAM", ["--mode", "medsam"]), ("SynFoC", [])]
@@ -83,7 +83,7 @@ def row_folder(out: Path, name: str, seed: int) -> Path:
 
 
 # config keys that may differ between a reused run and this table: where and how fast it ran, and logging
-# (plain / compile / fast_attn change float rounding only: speedups.py, tests/test_speedups.py)
+# (plain / compile / fast_attn change float rounding only: hardware/speedups.py, tests/test_speedups.py)
 IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compile", "fast_attn", "amp_reason"}
 # keys read only where a SAM is built (checkpoint.build_models, the AdamW of synfoc.build_run): a SupOnly or Base
 # U-Net run is the same run whatever they say, so a --lite-size 64 table reuses the U-Net rows of a 128 one

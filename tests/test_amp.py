@@ -10,7 +10,7 @@ import torch
 
 import data
 import predict
-import speedups
+from hardware import speedups
 import train
 
 

@@ -14,8 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import step as bench_step  # noqa: E402  (bench/step.py)
 
-import speedups  # noqa: E402
-from checkpoint import TINY_SAM  # noqa: E402
+from hardware import speedups  # noqa: E402
+from records.checkpoint import TINY_SAM  # noqa: E402
 from medsam_lora import build_sam  # noqa: E402
 
 cuda = pytest.mark.cuda  # tests/conftest.py skips it without a GPU; bench/gpu_check.sh runs -m cuda

@@ -1,4 +1,4 @@
-"""bench/step.py's --compare, --parts and real synthetic batches, and bench/step_parity.py, on tiny models (CPU).
+"""bench/step.py's --compare, --parts and real synthetic batches, and bench/parity.py runs, on tiny models (CPU).
 
     nice -n 19 python -m pytest -q tests/test_bench_step_parts.py
 """
@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import step as bench_step  # noqa: E402  (bench/step.py)
-import step_parity  # noqa: E402  (bench/step_parity.py)
+import parity  # noqa: E402  (bench/parity.py)
 
 
 def run(argv, capsys) -> tuple[str, dict]:
@@ -79,17 +79,17 @@ def test_sizes_reach_train_py():
 def test_distance_by_hand():
     a = [dict(step=1, loss=1.0, L_x=1, L_u=0, L_c=0, L_d=0), dict(step=2, loss=2.0, L_x=1, L_u=1, L_c=0, L_d=0)]
     b = [dict(step=1, loss=1.5, L_x=1, L_u=0, L_c=0, L_d=0), dict(step=2, loss=1.0, L_x=1, L_u=0.5, L_c=0, L_d=0)]
-    d = step_parity.distance(a, b, {1, 2})
+    d = parity.distance(a, b, {1, 2})
     assert d["loss"] == dict(max=1.0, mean=0.75) and d["L_u"] == dict(max=0.5, mean=0.25) and d["L_x"]["max"] == 0
-    assert step_parity.distance(a, b, {2})["loss"] == dict(max=1.0, mean=1.0)
+    assert parity.distance(a, b, {2})["loss"] == dict(max=1.0, mean=1.0)
 
 
-def test_step_parity_end_to_end(tmp_path, capsys, monkeypatch):
+def test_parity_runs_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # --data-root tests/data is relative
     """Three tiny runs on the real Fundus sample files (fp32): files written, the verdict is the exit code, and the
     optimised step stays at rounding distance from the plain one (a different function would differ by ~0.1-1)."""
     out = tmp_path / "par"
-    argv = [sys.executable, "bench/step_parity.py", "--dataset", "fundus", "--steps", "3", "--burn-in", "1",
+    argv = [sys.executable, "bench/parity.py", "runs", "--dataset", "fundus", "--steps", "3", "--burn-in", "1",
             "--out", str(out), "--train-args", "--sam", "tiny", "--unet-width", "4", "--device", "cpu",
             "--data-root", "tests/data", "--labeled", "1", "--batch", "1", "1", "--amp", "off"]
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -105,8 +105,8 @@ def test_step_parity_end_to_end(tmp_path, capsys, monkeypatch):
     assert cfgs["plain"]["plain"] and cfgs["plain_1t"]["threads"] == 1 and not cfgs["optimised"]["plain"]
     # finished runs are reused (in this process: no training, no second torch import); a large tolerance passes
     capsys.readouterr()
-    assert step_parity.main(["--tolerance", "1e9"] + argv[2:]) == 0
+    assert parity.main(["runs", "--tolerance", "1e9"] + argv[3:]) == 0
     out2 = capsys.readouterr().out
     assert out2.count("reusing") == 3 and "PASS" in out2
     with pytest.raises(SystemExit, match="holds a run of other flags"):  # other flags
-        step_parity.main(argv[2:-1] + ["fp16"])
+        parity.main(argv[2:-1] + ["fp16"])

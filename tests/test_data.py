@@ -1,4 +1,4 @@
-"""data.py and transforms.py: real fixtures (Fundus, ProstateSlice), M&Ms/BUSI files written to tmp_path, the
+"""data.py and dataio/transforms.py: real fixtures (Fundus, ProstateSlice), M&Ms/BUSI files written to tmp_path, the
 synthetic generator, augmentations, random_box and every bad input. Expected numbers are computed here from the raw
 pixels (numpy on the PNGs), never through data.decode_mask."""
 import subprocess
@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import data
-import synthetic
-import transforms
+from dataio import synthetic
+from dataio import transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,7 +223,7 @@ def test_synthetic_generator(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(data.DataError, match="--out .*mine: folder exists and is not a synthetic set"):
         synthetic.synthesize(tmp_path / "mine")
-    with pytest.raises(data.DataError, match="python synthetic.py --out"):
+    with pytest.raises(data.DataError, match="python -m dataio.synthetic --out"):
         data.check_root("synthetic", tmp_path / "nothing")
 
 

@@ -10,7 +10,7 @@ last place of max(|t|, |s|), never more; over many steps the EMA contracts, so t
 import pytest
 import torch
 
-from speedups import ema_foreach
+from hardware.speedups import ema_foreach
 from synfoc import ema_update
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

@@ -16,7 +16,7 @@ import evaluate
 import metrics
 import predict
 import synfoc
-import transforms
+from dataio import transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNDUS_PARTS = [(1,), (1, 2)]

@@ -1,5 +1,6 @@
-"""bench/gpu_check.sh and its helpers: the CPU rehearsal of every section, the SECTIONS switch, the budget
-that cannot skip silently, the wheel set it carries, the report writer, the case syntax and the SDPA log.
+"""bench/gpu_check.sh and its Python side (bench/gpu_check.py, bench/parity.py paper): the CPU rehearsal of every
+section, the SECTIONS switch, the budget that cannot skip silently, the wheel set it carries, the report writer,
+the case syntax, the matmul rate and the SDPA log.
 
     nice -n 19 python -m pytest -q tests/test_gpu_check.py
 
@@ -19,9 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 sys.path.insert(0, str(ROOT / "bench"))
-import gpu_parity  # noqa: E402
-import gpu_report  # noqa: E402
-import gpu_steps  # noqa: E402
+import gpu_check  # noqa: E402  (bench/gpu_check.py)
+import parity  # noqa: E402  (bench/parity.py)
 
 ALL = ["env", "cuda_tests", "steps", "compile", "parity", "train"]
 WHEEL_BUDGET = 1 << 20  # the carried wheels: one small pure-Python wheel; 64 MiB is the device's whole tree
@@ -68,7 +68,7 @@ def test_dry_run_passes_every_section_in_order(dry):
 def test_dry_run_reports_what_each_section_measured(dry):
     out, _, report = dry
     res = {s["name"]: s["results"] for s in report["sections"]}
-    assert res["env"][0]["torch"] == torch.__version__
+    assert res["env"][0]["torch"] == torch.__version__ and res["env"][0]["bf16_matmul_TFLOP_s"] > 0
     tests = res["cuda_tests"]
     assert len(tests) >= 10 and all(r["outcome"] == "skipped" for r in tests)  # the CPU: every cuda test skips...
     assert any("test_no_sync" in r["test"] for r in tests) and any("test_ema" in r["test"] for r in tests)
@@ -77,6 +77,7 @@ def test_dry_run_reports_what_each_section_measured(dry):
                                                "fundus:bf16:fast"]
     assert len(steps) == 5 and steps[4]["dataset"] == "prostate" and all("error" not in r for r in steps)
     assert all(len(r["ms_windows"]) == 3 and r["s_step"] > 0 and r["TFLOP_step"] > 0 for r in steps)
+    assert all(r["frac_peak"] == pytest.approx(r["TFLOP_s"] / r["peak_TFLOP_s"]) for r in steps)
     fastest = min(steps[:4], key=lambda r: r["s_step"])   # the rehearsal compiles `fundus:best` alone
     assert [(r["amp"], r["attn"], r["compile"]) for r in res["compile"]] == [(fastest["amp"], fastest["attn"], True)]
     assert "error" not in res["compile"][0]
@@ -84,7 +85,7 @@ def test_dry_run_reports_what_each_section_measured(dry):
     assert [r["dtype"] for r in attention] == ["fp32", "bf16", "fp16"] and all(r["ok"] for r in attention)
     step_row = [r for r in res["parity"] if r["part"] == "steps"][0]
     assert step_row["ok"] and step_row["step0_rel_diff"] < 1e-4
-    assert res["train"][0]["ok"] and res["train"][0]["metrics_rows"] == 2
+    assert res["train"][0]["ok"] and res["train"][0]["metrics_rows"] == 2 and res["train"][0]["last_pt_step"] == 2
 
 
 @pytest.mark.xdist_group('gpu_dry')  # one worker runs the dry run once
@@ -121,7 +122,7 @@ def test_every_step_runs_the_given_interpreter(dry):
     out, proc, _ = dry
     calls = (out.with_name(out.name + "_py") / "calls.txt").read_text().split()
     assert proc.returncode == 0
-    for step in ("-", "-m", "bench/gpu_report.py", "bench/gpu_steps.py", "bench/gpu_parity.py", "train.py"):
+    for step in ("-m", "bench/gpu_check.py", "bench/parity.py", "train.py"):
         assert step in calls, (step, sorted(set(calls)))
 
 
@@ -171,7 +172,7 @@ def test_junit_verdict_fails_on_skips_errors_and_nothing(tmp_path):
     gpu_skip = '<testcase classname="tests.t" name="b"><skipped message="needs a CUDA GPU (marker cuda)"/></testcase>'
     other_skip = '<testcase classname="tests.t" name="c"><skipped message="could not import medpy"/></testcase>'
     err = '<testcase classname="" name="tests.test_x"><error message="collection failure"/></testcase>'
-    verdict = lambda cases, dry: gpu_report.junit_verdict(gpu_report.junit_outcomes(junit(tmp_path, cases)), dry)[0]  # noqa: E731
+    verdict = lambda cases, dry: gpu_check.junit_verdict(gpu_check.junit_outcomes(junit(tmp_path, cases)), dry)[0]  # noqa: E731
     assert verdict(ok, False) and verdict(ok + gpu_skip, True)
     assert not verdict(ok + gpu_skip, False)       # on the GPU machine a skip is a test that did not run
     assert not verdict(ok + other_skip, True)      # in the rehearsal only the missing GPU may skip
@@ -181,10 +182,10 @@ def test_junit_verdict_fails_on_skips_errors_and_nothing(tmp_path):
 def test_record_replaces_a_section_and_keeps_the_rest(tmp_path):
     res = tmp_path / "r.jsonl"
     res.write_text('{"case": "a", "s_step": 0.05, "split": {"x": 1}}\n{"case": "b", "s_')  # the 2nd: cut by a kill
-    gpu_report.record(tmp_path, {"name": "env", "status": "PASS", "info": {}, "results": []})
-    gpu_report.record(tmp_path, {"name": "steps", "status": "TIMEOUT", "why": "cap", "info": {},
-                                 "results": gpu_report.read_jsonl(str(res))})
-    gpu_report.record(tmp_path, {"name": "env", "status": "FAIL", "info": {}, "results": []})
+    gpu_check.record(tmp_path, {"name": "env", "status": "PASS", "info": {}, "results": []})
+    gpu_check.record(tmp_path, {"name": "steps", "status": "TIMEOUT", "why": "cap", "info": {},
+                                "results": gpu_check.read_jsonl(str(res))})
+    gpu_check.record(tmp_path, {"name": "env", "status": "FAIL", "info": {}, "results": []})
     report = json.loads((tmp_path / "gpu_report.json").read_text())
     assert [(s["name"], s["status"]) for s in report["sections"]] == [("steps", "TIMEOUT"), ("env", "FAIL")]
     assert report["sections"][0]["results"] == [{"case": "a", "s_step": 0.05, "split": {"x": 1}}]
@@ -192,35 +193,50 @@ def test_record_replaces_a_section_and_keeps_the_rest(tmp_path):
     assert "| case | s_step | split.x |" in md and "| a | 0.05 | 1 |" in md
 
 
+def test_record_junit_and_train_import_no_torch(tmp_path):
+    """`record` runs after every section and must cost milliseconds: bench/gpu_check.py imports torch only in the
+    subcommands that run models (env, steps, and train's checkpoint load)."""
+    code = ("import sys; sys.path.insert(0, 'bench'); import gpu_check; "
+            f"gpu_check.main(['record', '--out', {str(tmp_path)!r}, '--section', 'env', '--status', 'PASS']); "
+            f"gpu_check.main(['junit', {str(tmp_path / 'none.xml')!r}, '--dry']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "gpu_report.md").is_file()
+
+
 def test_case_syntax_and_best():
-    assert gpu_steps.parse_case("fundus:fp16:fast") == ("fundus", "fp16", "fast")
+    assert gpu_check.parse_case("fundus:fp16:fast") == ("fundus", "fp16", "fast")
     for bad in ("fundus", "fundus:fp8:fast", "fundus:fp16", "heart:fp16:fast", "fundus:best:same"):
         with pytest.raises(ValueError):
-            gpu_steps.parse_case(bad)
+            gpu_check.parse_case(bad)
     rows = [dict(dataset="fundus", amp="fp16", attn="plain", compile=False, s_step=0.09),
             dict(dataset="fundus", amp="bf16", attn="fast", compile=False, s_step=0.05),
             dict(dataset="fundus", amp="fp16", attn="fast", compile=True, s_step=0.01),     # compiled: not eager
             dict(dataset="prostate", amp="fp16", attn="fast", compile=False, s_step=0.02),  # not fundus
             dict(dataset="fundus", amp="fp16", attn="fast", compile=False, error="OOM")]
-    assert gpu_steps.resolve("prostate:best", rows) == ("prostate", "bf16", "fast")
-    assert gpu_steps.resolve("fundus:best:other", rows) == ("fundus", "bf16", "plain")
-    assert gpu_steps.resolve("fundus:best", []) == ("fundus", *gpu_steps.DEFAULT_BEST)
+    assert gpu_check.resolve("prostate:best", rows) == ("prostate", "bf16", "fast")
+    assert gpu_check.resolve("fundus:best:other", rows) == ("fundus", "bf16", "plain")
+    assert gpu_check.resolve("fundus:best", []) == ("fundus", *gpu_check.DEFAULT_BEST)
 
 
 def test_sdpa_log_names_the_kernel_that_ran():
     q = torch.rand(1, 2, 16, 8)
-    with gpu_parity.SdpaLog() as log:
+    with parity.SdpaLog() as log:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     assert log.ops and all("scaled_dot_product" in op for op in log.ops)
-    with gpu_parity.SdpaLog() as log:
+    with parity.SdpaLog() as log:
         (q @ q.transpose(-1, -2)).softmax(-1) @ q
     assert not log.ops
 
 
-def test_batch_reads_both_forms_of_bench_step_inputs():
-    """One batch for every step (this bench/step.py) or a batch per step with .at(t) (main's): both work."""
-    from types import SimpleNamespace as NS
-    one = NS(lb="L", ub="U", masks=["m0", "m1"])
-    per_step = NS(at=lambda t: (f"L{t}", f"U{t}", f"m{t}"))
-    for helper in (gpu_steps.batch, gpu_parity.batch):
-        assert helper(one, 1) == ("L", "U", "m1") and helper(per_step, 1) == ("L1", "U1", "m1")
+def test_matmul_rate_and_the_one_peak():
+    """env's matmul timing gives a positive rate; the steps default divides by bench/step.py's PEAK_TFLOPS, the
+    data sheet's dense rate, and nothing in bench/ names a path of the machine it was measured on."""
+    import step as bench_step
+    assert gpu_check.matmul_tflops(torch.device("cpu"), 64, windows=1, reps=2) > 0
+    a = gpu_check.build_parser().parse_args(["steps", "--tiny", "--case", "fundus:off:plain", "--results", "r.jsonl"])
+    gpu_check.finish_steps_args(a, pytest.fail)
+    assert a.peak_tflops == bench_step.PEAK_TFLOPS == 989
+    for f in sorted(f for f in (ROOT / "bench").iterdir() if f.is_file()):
+        assert "/work/" not in f.read_text() and ".library" not in f.read_text(), f.name

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from medsam_lora import LoRAQKV, build_sam, make_teacher
-from sam_checkpoint import DROPPED_PREFIXES, CheckpointError
+from medsam_lora import DROPPED_PREFIXES, CheckpointError
 from synfoc import ema_update
 
 TINY = dict(image_size=256, embed_dim=48, depth=4, num_heads=3, window_size=8, global_attn_indexes=(1, 3))

@@ -1,5 +1,5 @@
-"""Bring your own data: dataset.json (dataset_spec.py, data.py init/check), NIfTI in and out (nifti.py, predict.py),
-per-volume metrics in mm, TensorBoard (tblog.py), and the README's worked example end to end on tiny volumes (stored LPS,
+"""Bring your own data: dataset.json (dataio/spec.py, data.py init/check), NIfTI in and out (dataio/nifti.py, predict.py),
+per-volume metrics in mm, TensorBoard (records/runlog.py), and the README's worked example end to end on tiny volumes (stored LPS,
 oblique and through-plane axis first: predicted masks must land voxel for voxel on each input's grid).
 Volumes and sets are generated here; the presets' descriptions are checked against the real sample files."""
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import data
-import dataset_check
+from dataio import check as dataset_check
 import evaluate
 import metrics
 import predict
@@ -145,7 +145,7 @@ def test_worked_example_nifti_to_nifti(tmp_path, capsys, monkeypatch):
         predict.main([str(run), "--images", str(new), "--out", str(tmp_path / "seg_all"), "--model", "unet",
                       "--device", "cpu"])
     assert e.value.code == 0
-    import nifti
+    from dataio import nifti
 
     for dom in STORED:
         src = nib.load(str(new / f"{dom}.nii.gz"))
@@ -158,7 +158,7 @@ def test_worked_example_nifti_to_nifti(tmp_path, capsys, monkeypatch):
 
 def test_nifti_round_trip_and_intensity(tmp_path):
     """predict.py's volume path with a fake model: slices out and back land on the same voxels."""
-    import nifti
+    from dataio import nifti
 
     img, lab = volume(np.random.default_rng(1), 2)
     p = save_nii(tmp_path / "in/c1.nii.gz", img)
@@ -328,7 +328,7 @@ def test_tensorboard_missing_is_one_line(tmp_path, shared_data, monkeypatch):
 
 def test_no_nibabel_or_tensorboard_needed_without_them():
     code = ("import sys; sys.modules['nibabel'] = None; sys.modules['tensorboard'] = None; "
-            "sys.modules['torch.utils.tensorboard'] = None; import train, evaluate, predict, data, nifti, tblog; "
-            "import dataset_check; data.spec('fundus')")
+            "sys.modules['torch.utils.tensorboard'] = None; import train, evaluate, predict, data; "
+            "from dataio import check, nifti; from records import runlog; data.spec('fundus')")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-1000:]

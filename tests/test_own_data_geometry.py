@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 import data
-import nifti
+from dataio import nifti
 import predict
-import tblog
+from records import runlog
 import train
 
 SHAPE, SPACING = (16, 12, 8), (0.9, 0.8, 4.0)  # RAS+ voxels; axial slices are 4 mm apart
@@ -454,6 +454,6 @@ def test_overwrite_clears_the_old_tensorboard_events(own_set, tmp_path):
 
 def test_tensorboard_strip_shows_a_slice_with_foreground(own_set):
     ds = str(own_set[1])
-    shown = tblog.shown_cases(ds, data.test_cases(ds, ds))
+    shown = runlog.shown_cases(ds, data.test_cases(ds, ds))
     assert len(shown) == 3 and all(not Path(c[0]).stem.endswith("_000") for c in shown)
     assert all(data.load_case(ds, c[0], c[1])[1].any() for c in shown)

@@ -1,10 +1,10 @@
-"""plots.py: the curves read metrics.csv / evals.csv by column name and end up in one PNG; the Table 7 figure."""
+"""records/plots.py: the curves read metrics.csv / evals.csv by column name and end up in one PNG; the Table 7 figure."""
 import csv
 
 import numpy as np
 from PIL import Image
 
-import plots
+from records import plots
 
 COLUMNS = ["step", "loss", "L_x", "L_u", "L_c", "L_d", "lambda", "alpha", "phi_self", "phi_mut", "mask_ratio",
            "dice_sam_teacher", "dice_unet_teacher", "dice_ensemble"]

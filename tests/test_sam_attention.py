@@ -14,8 +14,8 @@ import torch
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import sam_attention as SA
-from checkpoint import TINY_SAM
+from hardware import sam_attention as SA
+from records.checkpoint import TINY_SAM
 from medsam_lora import build_sam, make_teacher
 
 SMALL = dict(image_size=64, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,))

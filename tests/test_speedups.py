@@ -1,4 +1,4 @@
-"""speedups.py: the optimised step computes the plain step's function (fp32, LiteMedSAM with its folded stem),
+"""hardware/speedups.py: the optimised step computes the plain step's function (fp32, LiteMedSAM with its folded stem),
 and `--plain` turns every change off.
 
     nice -n 19 python -m pytest -q tests/test_speedups.py
@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-import speedups
+from hardware import speedups
 import synfoc
 import train
 from medsam_lora import build_sam

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_table7_end_to_end(tmp_path, capsys):
     # a small set of data seed 5 where table7 looks for it (3 train, 2 test images per domain at 64 px): the
     # preset's 40 + 16 at 256 px would make every one of the ten trainings and evaluations below 8x slower
-    import synthetic
+    from dataio import synthetic
     synthetic.synthesize(tmp_path / "data" / "synthetic_s5", seed=5, n_train=3, n_test=2, size=64)
     out = tmp_path / "t7"
     r = subprocess.run([sys.executable, "bench/table7.py", "--data-seed", "5", "--steps", "2", "--out", str(out),

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
+from records import checkpoint
 import losses
-import runlog
+from records import runlog
+import synfoc
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_one_step_updates_and_ema(shared_data, tmp_path):
             assert torch.equal(v, ck["unet_ema"][k]), k
     # and the students moved away from their initialisation (same seed → same init)
     torch.manual_seed(0)
-    unet, sam = checkpoint.build_models(ck["config"], "cpu")
+    unet, sam = synfoc.build_models(ck["config"], "cpu")
     moved = [k for k, v in unet.state_dict().items() if v.is_floating_point() and not torch.equal(v, ck["unet"][k])]
     assert moved
     moved_sam = [k for k, v in sam.trainable_state_dict().items() if not torch.equal(v, ck["sam"][k])]

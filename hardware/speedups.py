@@ -4,7 +4,7 @@
     python train.py --dataset synthetic --plain        # the plain step: every change below off
 
 What the optimised step (the default) changes; each computes the same function as the plain step, so only
-float rounding differs (bench/step.py --compare times both side by side; bench/step_parity.py compares their
+float rounding differs (bench/step.py --compare times both side by side; `bench/parity.py runs` compares their
 per-step losses; tests/test_speedups.py their fp32 losses and gradients):
   1. LiteMedSAM's frozen TinyViT Conv2d + BatchNorm pairs (`Conv2d_BN`) become one convolution each, by the
      upstream `Conv2d_BN.fuse()`: the encoder is frozen and its BatchNorm always in eval mode, where BatchNorm

@@ -6,7 +6,6 @@ import torch
 import torch.nn as nn
 
 import medsam_lora as ml
-import sam_checkpoint as sc
 
 # segment_anything.build_sam's encoders: (embed dim, depth, heads, global-attention blocks)
 REAL = {"ViT-B": (768, 12, 12, (2, 5, 8, 11)), "ViT-L": (1024, 24, 16, (5, 11, 17, 23)),
@@ -41,16 +40,16 @@ def test_full_size_variants_detected_from_shapes(variant):
     dim, depth, heads, glob = REAL[variant]
     sd = sam_state(dim, depth, heads, glob)
     assert sd["image_encoder.pos_embed"].is_meta  # nothing allocated
-    cfg = sc.sam_config_from_state_dict(sd)
+    cfg = ml.sam_config_from_state_dict(sd)
     assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["global_attn_indexes"]) == (dim, depth, heads, glob)
     assert cfg["window_size"] == 14 and cfg["patch_size"] == 16 and cfg["mlp_ratio"] == 4.0
-    assert sc.sam_variant(cfg) == variant
+    assert ml.sam_variant(cfg) == variant
     # the 512-input model of that size takes the adapted checkpoint: every key and shape fits
     with torch.device("meta"):
         model = ml._medsam(4, **{**ml.VIT_B_512, **cfg})
     own = model.state_dict()
-    adapted = sc.adapt_sam_state_dict(sd, model)
-    assert set(own) - set(adapted) == {k for k in own if k.startswith(sc.DROPPED_PREFIXES)}
+    adapted = ml.adapt_sam_state_dict(sd, model)
+    assert set(own) - set(adapted) == {k for k in own if k.startswith(ml.DROPPED_PREFIXES)}
     assert all(adapted[k].shape == own[k].shape for k in adapted)
     assert adapted["image_encoder.pos_embed"].shape == (1, 32, 32, dim)
     assert adapted[f"image_encoder.blocks.{glob[0]}.attn.rel_pos_h"].shape == (63, dim // heads)
@@ -84,7 +83,7 @@ def one_line_error(tmp_path, obj_or_bytes, *needles):
         path.write_bytes(obj_or_bytes)
     else:
         torch.save(obj_or_bytes, path)
-    with pytest.raises(sc.CheckpointError) as e:
+    with pytest.raises(ml.CheckpointError) as e:
         ml.build_sam("medsam", 3, path)
     msg = str(e.value)
     assert "\n" not in msg and "x.pth" in msg, msg
@@ -109,5 +108,5 @@ def test_wrong_files_say_what_was_found_and_expected(tmp_path):
     one_line_error(tmp_path, gap, "encoder blocks", expected)
     odd = dict(full, **{"image_encoder.blocks.0.attn.rel_pos_h": torch.zeros(31, 32)})
     one_line_error(tmp_path, odd, "rel_pos rows", "127 rows")
-    with pytest.raises(sc.CheckpointError, match="not found"):
+    with pytest.raises(ml.CheckpointError, match="not found"):
         ml.build_sam("medsam", 3, tmp_path / "missing.pth")

@@ -1,6 +1,6 @@
 """SAM ViT attention through `F.scaled_dot_product_attention`, with the relative-position term as its bias.
 
-    from sam_attention import use_fast_attention
+    from hardware.sam_attention import use_fast_attention
     sam = build_sam("medsam", C, "medsam_vit_b.pth")
     n = use_fast_attention(sam)          # 12 for ViT-B: every image-encoder Attention now runs SDPA
     teacher = make_teacher(sam)          # deepcopy keeps the swapped class: patch before copying
@@ -116,10 +116,10 @@ def use_fast_attention(model: nn.Module, enable: bool = True) -> int:
 
 
 def parity_model(config: dict, seed: int = 0) -> nn.Module:
-    """A prompt-free "medsam" SamSeg (medsam_lora.build_sam with `config`: checkpoint.TINY_SAM, or {} for ViT-B at
+    """A prompt-free "medsam" SamSeg (medsam_lora.build_sam with `config`: records.checkpoint.TINY_SAM, or {} for ViT-B at
     512) whose LoRA B matrices and relative-position tables, both zero at initialisation, are random and every
     parameter trainable: a parity check of this file's attention then sees the LoRA and rel-pos terms at work
-    (tests/test_sam_attention.py, bench/gpu_parity.py)."""
+    (tests/test_sam_attention.py, `bench/parity.py paper`)."""
     from medsam_lora import LoRAQKV, build_sam  # here, not at the top: medsam_lora never needs this file
     model = build_sam("medsam", 3, None, 4, **config)
     g = torch.Generator().manual_seed(seed)

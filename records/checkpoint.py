@@ -1,13 +1,12 @@
-"""A run's models and checkpoints: build the students from a config, save / load checkpoints, predict.
+"""A run's checkpoints: save / load them, rebuild the students from one, predict with them.
 
-    unet, sam = build_models(cfg, device)        # the students of a config (None where the mode has none)
     save_atomic(obj, path)                       # torch.save to path.tmp, then rename
     ck = load_checkpoint("runs/x")               # a run folder means its last.pt; CheckpointError otherwise
     models = build_students(ck, device, ["medsam", "unet"], sam_ckpt=None)   # eval-mode students
     preds = predict(models, img_unet, img_sam, S, amp_dtype)                 # {name: int64 [B,S,S]}
 
-Shared by train.py (periodic evaluation, resume) and evaluate.py / the benchmarks, so imports go one
-way: train.py and evaluate.py import this file, never each other. A checkpoint is a plain dict
+Shared by train.py (periodic evaluation, resume), evaluate.py, predict.py and the benchmarks; the models of a
+config come from synfoc.build_models (the same code train.py builds its students with). A checkpoint is a plain dict
 (torch.load(p, weights_only=True)): format, step, config, best_dice, unet, unet_ema, sam, sam_ema
 (SAM: only its trainable tensors), opt_unet, opt_sam, scaler, rng.
 """
@@ -22,50 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import data
-from medsam_lora import build_sam
-from sam_attention import use_fast_attention
-from sam_checkpoint import CheckpointError
-from speedups import optimise_models
-from unet import UNet
+from dataio.spec import PRESETS, DataError, register
+from medsam_lora import CheckpointError
+from synfoc import build_models
 
 CKPT_FORMAT = "synfoc-ckpt-1"
 # `--sam tiny`: a random, tiny ViT with MedSAM's module and key names, for tests and smoke runs only.
 TINY_SAM = dict(image_size=64, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,))
-
-def uses(cfg: dict) -> tuple[bool, bool]:
-    """(trains the U-Net, trains SAM) for this mode."""
-    return cfg["mode"] in ("synfoc", "unet", "suponly"), cfg["mode"] in ("synfoc", "medsam")
-
-
-def unet_from_config(cfg: dict) -> UNet:
-    """The U-Net of a (saved) config, freshly initialised; configs saved before a key existed get its old
-    behaviour (/255 input, BatchNorm). One place, so student and teacher always match."""
-    return UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
-                cfg.get("unet_layer", "batch"))
-
-
-def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
-    """The two students of a (saved) config; a model the mode does not train is None."""
-    use_unet, use_sam = uses(cfg)
-    unet = unet_from_config(cfg).to(device) if use_unet else None
-    sam = None
-    if use_sam:  # configs saved before a key existed get its old behaviour
-        kw = dict(seed=cfg.get("seed", 0) if "head_init" in cfg else 0, head_init=cfg.get("head_init", "random"),
-                  input_norm=cfg.get("sam_norm", "unit"))
-        if cfg["sam"] == "tiny":
-            tiny = dict(cfg["sam_tiny"], global_attn_indexes=tuple(cfg["sam_tiny"]["global_attn_indexes"]))
-            sam = build_sam("medsam", cfg["num_classes"], None, cfg["rank"], **kw, **tiny)
-        elif cfg["sam"] == "medsam":
-            sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"], **kw)
-        else:
-            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"], lite_size=cfg.get("lite_size", 256), **kw)
-        if cfg.get("fast_attn"):
-            use_fast_attention(sam)  # same outputs (tested), SDPA kernels
-        sam = sam.to(device)
-    if not cfg.get("plain"):  # the optimised step (speedups.py): same function, faster kernels
-        optimise_models(unet, sam)
-    return unet, sam
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -99,12 +61,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a SynFoC checkpoint (expected a dict with format '{CKPT_FORMAT}' "
                               "written by train.py)")
     cfg = ck.get("config")
-    if isinstance(cfg, dict) and cfg.get("dataset") not in data.PRESETS and isinstance(cfg.get("dataset_description"), dict):
+    if isinstance(cfg, dict) and cfg.get("dataset") not in PRESETS and isinstance(cfg.get("dataset_description"), dict):
         try:  # a dataset.json set: the checkpoint carries its description (the folder may be elsewhere by now)
-            data.register(cfg["dataset"], cfg["dataset_description"])
-        except data.DataError as e:
+            register(cfg["dataset"], cfg["dataset_description"])
+        except DataError as e:
             raise CheckpointError(f"{path}: {e}") from None
-    if not isinstance(cfg, dict) or (cfg.get("dataset") not in data.PRESETS
+    if not isinstance(cfg, dict) or (cfg.get("dataset") not in PRESETS
                                      and not isinstance(cfg.get("dataset_description"), dict)):
         raise CheckpointError(f"{path} has no usable config (dataset {None if not isinstance(cfg, dict) else cfg.get('dataset')!r})")
     return ck

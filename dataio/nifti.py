@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from dataset_spec import SLICE_AXES, DataError
+from dataio.spec import SLICE_AXES, DataError
 
 NII = (".nii.gz", ".nii")
 DEFAULT_INTENSITY = {"mode": "percentile", "low": 0.5, "high": 99.5}

@@ -30,7 +30,7 @@ class DataError(ValueError):
 
 SPLITS = ("folders", "string_order", "seeded")
 INTENSITY_MODES = ("percentile", "window")
-SLICE_AXES = ("auto", "sagittal", "coronal", "axial")  # how data.py slice picks the plane (nifti.py)
+SLICE_AXES = ("auto", "sagittal", "coronal", "axial")  # how data.py slice picks the plane (dataio/nifti.py)
 DEFAULT_VOLUME_RULE = r"(.+)_(\d+)"  # data.py slice names slices <case>_<slice>
 # Training defaults a description may set under "train" (type check, allowed choices or None).
 TRAIN_FIELDS: dict[str, tuple[type | tuple, tuple | None]] = {
@@ -63,11 +63,11 @@ DESCRIPTIONS: dict[str, dict] = {
                  mask={"threshold": 128}, channels=1, unet_size=256, split="string_order", images=".", masks=".",
                  mask_suffix="_mask", extra_masks=True, train=dict(steps=30000, labeled=None, labeled_ratio=0.125)),
     # CPU-sized defaults (train.py reads them) so the embedded default runs in minutes on 2 cores; the choices
-    # and the runs behind them are in EXPERIMENTS.md "The embedded default". n_train/n_test: what synthetic.py writes.
+    # and the runs behind them are in EXPERIMENTS.md "The embedded default". n_train/n_test: what dataio/synthetic.py writes.
     # Sized for a 2-core CPU without native bf16 (EXPERIMENTS.md "A preset for any CPU"): LiteMedSAM at 64, the
     # U-Net at 128, batch 1 + 1: 43 GFLOP per SynFoC step (the 2026-11-29 preset: 305).
     "synthetic": dict(_FUNDUS, folder="synthetic", unet_size=128, train=dict(
-        steps=500, burn_in_frac=0.3, labeled=10, batch=[1, 1], unet_width=16, unet_layer="group", sam="litemedsam",
+        steps=400, burn_in_frac=0.3, labeled=10, batch=[1, 1], unet_width=16, unet_layer="group", sam="litemedsam",
         lite_size=64, sam_norm="minmax", head_init="random", amp="auto", eval_every=100, lr_sam=1e-4, ema=0.99,
         n_train=40, n_test=16)),
 }
@@ -274,7 +274,7 @@ def load_file(path: str | Path) -> dict:
     return spec
 
 
-# The public presets: the code-held descriptions of dataset_spec.DESCRIPTIONS, validated like any dataset.json.
+# The public presets: the code-held descriptions of DESCRIPTIONS, validated like any dataset.json.
 # "layout" only names the folder layout a preset shares (synthetic is written in the Fundus layout).
 PRESETS: dict[str, dict] = {name: dict(validate(d, f"preset {name}"), layout="fundus" if name == "synthetic" else name)
                             for name, d in DESCRIPTIONS.items()}
@@ -292,7 +292,7 @@ def register(name: str, description: dict) -> dict:
 
 
 def spec(dataset: str) -> dict:
-    """The spec (dataset_spec.validate's flat dict) of a preset name, a registered name, or a folder holding
+    """The spec (validate's flat dict) of a preset name, a registered name, or a folder holding
     dataset.json (a dataset.json path works too). DataError naming the flag or the file otherwise."""
     if dataset in PRESETS:
         return PRESETS[dataset]

@@ -1,10 +1,12 @@
-"""Figures of a run: training curves (the paper's Fig. 6 and more) and the synthetic Table 7 figure.
+"""Pictures of a run: training curves (the paper's Fig. 6 and more), the synthetic Table 7 figure, and the
+overlay of a prediction on its image (predict.py, evaluate.py --overlays, TensorBoard).
 
     python evaluate.py runs/x --curves          # writes runs/x/curves.png (also written by train.py at each evaluation)
 
-    import plots
+    from records import plots
     plots.plot_curves("runs/x")                 # -> runs/x/curves.png
     plots.plot_table7(results, {"synfoc": Path("runs/a"), "unet": Path("runs/b")}, Path("table7.png"))
+    rgb = plots.overlay(image, pred, gt, parts)  # uint8 [H,W,3]: classes translucent, GT part contours green
 
 curves.png, one panel each, everything against the training step:
   losses            loss, L_x, L_u, L_c, L_d                       (metrics.csv)
@@ -22,12 +24,20 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: works on servers without a display
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import numpy as np  # noqa: E402
+from metrics import part_mask, surface
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only: works on servers without a display), imported on first
+    use so that the overlay's users (predict.py) never load matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 Series = dict[str, tuple[np.ndarray, np.ndarray]]  # label -> (x [N], y [N])
 
@@ -101,6 +111,7 @@ def plot_curves(run_dir: str | Path) -> Path:
     """Draw the run folder's training curves (module docstring) as <run_dir>/curves.png; returns its path."""
     run_dir = Path(run_dir)
     panels = curve_panels(run_dir)
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (title, ylabel, series) in zip(axes.flat, panels):
         draw_lines(ax, series, title, ylabel)
@@ -122,6 +133,7 @@ def plot_table7(results: dict[str, dict[str, dict[str, float]]], curves: dict[st
     modes = list(results)
     models = sorted({m for r in results.values() for m in r})
     ncols = max(len(models), len(PSEUDO_DICE))
+    plt = pyplot()
     fig, axes = plt.subplots(2, ncols, figsize=(5 * ncols, 8), squeeze=False)
     for ax, model in zip(axes[0], models):
         keys = [k for k in next(r[model] for r in results.values() if model in r) if k != "mean"] + ["mean"]
@@ -146,3 +158,24 @@ def plot_table7(results: dict[str, dict[str, dict[str, float]]], curves: dict[st
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
     return out_png
+
+
+# translucent prediction colours per class id (0 = background, not drawn): red, blue, yellow, magenta, cyan
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [0, 130, 200], [255, 225, 25], [240, 50, 230], [70, 240, 240]], np.float32)
+GT_COLOUR = np.array([0, 255, 0], np.uint8)
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
+            parts: Sequence[Sequence[int]] = (), alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 [H,W,3]: the image (uint8 [H,W] or [H,W,3]) with each predicted class painted translucent
+    and, when gt is given, the contour of each ground-truth part in green."""
+    img = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+    out = img[..., :3].astype(np.float32)
+    fg = pred > 0
+    colours = PALETTE[np.minimum(pred, len(PALETTE) - 1)]
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if gt is not None:
+        for part in parts:
+            out[surface(part_mask(gt, part))] = GT_COLOUR  # the 1-pixel contour (medpy surface)
+    return out

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-import data
-from dataset_spec import DEFAULT_VOLUME_RULE, DataError
+from dataio.cases import _read, check_root, load_case, scan_cases
+from dataio.spec import DEFAULT_VOLUME_RULE, DataError, display_name, spec, validate
 
 IMAGE_NAMES, MASK_NAMES = ("image", "images", "img", "imgs"), ("mask", "masks", "label", "labels", "gt")
 EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -34,17 +34,17 @@ MAX_MASKS = 400  # masks read by init to learn the values (enough to see every c
 def check(dataset: str, data_root: str) -> list[str]:
     """Print cases per domain/split, class pixel fractions, image sizes, then every problem (one per line);
     returns the problems. The dataset is a preset (under data_root) or a dataset.json folder."""
-    p = data.spec(dataset)
+    p = spec(dataset)
     root = Path(p["root"]) if p["root"] else Path(data_root) / p["folder"]
-    data.check_root(dataset, root)
-    print(f"{data.display_name(dataset)}: {root} ({p['layout']} layout, split {p['split']}, classes "
+    check_root(dataset, root)
+    print(f"{display_name(dataset)}: {root} ({p['layout']} layout, split {p['split']}, classes "
           f"{', '.join(p['class_names'])}, parts " + ", ".join(f"{n}={list(q)}" for n, q in zip(p["part_names"], p["parts"]))
           + f", {p['in_channels']} channel(s), U-Net {p['unet_size']})")
     problems: list[str] = []
     for d, name in enumerate(p["domains"], start=1):
         for split in ("train", "test"):
             try:
-                cases, found = data.scan_cases(dataset, root, d, split)
+                cases, found = scan_cases(dataset, root, d, split)
             except DataError as e:  # a missing split / image folder: nothing more to read in this one
                 problems.append(str(e))
                 print(f"  domain {d} {name:<10} {split:<5}     - (unreadable: see problems)")
@@ -53,7 +53,7 @@ def check(dataset: str, data_root: str) -> list[str]:
             counts, sizes = np.zeros(p["num_classes"], np.int64), Counter()
             for img, masks in cases:
                 try:
-                    image, label = data.load_case(dataset, img, masks)
+                    image, label = load_case(dataset, img, masks)
                 except DataError as e:  # unknown mask value, unreadable file, size mismatch: go on, list it
                     problems.append(str(e))
                     continue
@@ -119,14 +119,14 @@ def describe(folder: str | Path) -> dict:
     ext = Counter(os.path.splitext(f)[1].lower() for f in files).most_common(1)[0][0]
     gray = True
     for f in files[:8]:
-        a = np.asarray(data._read(first / images / f).convert("RGB"))  # DataError naming a corrupt file
+        a = np.asarray(_read(first / images / f).convert("RGB"))  # DataError naming a corrupt file
         gray &= bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]))
     values, colours = set(), set()
     mask_files = [root / d / s / masks / m for d in domains for s in (["train", "test"] if split == "folders" else [""])
                   if (root / d / s / masks).is_dir() for m in _listing(root / d / s / masks)
                   if m.endswith(".png") and (not suffix or m[:-4].endswith(suffix))]
     for m in mask_files[:MAX_MASKS]:
-        a = np.asarray(data._read(m))
+        a = np.asarray(_read(m))
         if a.ndim == 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
             colours.update(map(tuple, np.unique(a[..., :3].reshape(-1, 3), axis=0).tolist()))
         else:
@@ -186,6 +186,6 @@ def init(folder: str | Path, force: bool = False) -> Path:
     if file.exists() and not force:
         raise DataError(f"{file} exists; pass --force to replace it")
     desc = describe(folder)
-    data.validate(desc, str(file))  # what init writes must load
+    validate(desc, str(file))  # what init writes must load
     file.write_text(json.dumps(desc, indent=2) + "\n")
     return file

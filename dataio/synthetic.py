@@ -1,7 +1,7 @@
 """A synthetic mixed-domain fundus-like set: anyone can generate it, in seconds, on a CPU.
 
-    python synthetic.py --out data/synthetic --seed 0                    # what train.py generates on first use
-    python synthetic.py --out DIR --seed 3 --n-train 40 --n-test 16 --size 256
+    python -m dataio.synthetic --out data/synthetic --seed 0                    # what train.py generates on first use
+    python -m dataio.synthetic --out DIR --seed 3 --n-train 40 --n-test 16 --size 256
 
 Four domains share one task (optic cup inside optic disc, on a textured background with vessels) and
 differ in appearance only, like the four hospitals of the Fundus benchmark: colours, gamma, contrast,
@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from data import PRESETS, DataError, encode_mask
+from dataio.cases import encode_mask
+from dataio.spec import PRESETS, DataError
 
 # Per-domain appearance: background/disc/cup colours, gamma, contrast, blur, noise, illumination
 # gradient, disc radius range (fraction of the image side). Domain 1 clean reddish-orange, 2 dark,
@@ -130,7 +131,7 @@ def synthesize(out: str | Path, seed: int = 0, n_train: int = 40, n_test: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Write the synthetic mixed-domain set (Fundus layout).")
+    ap = argparse.ArgumentParser(prog="python -m dataio.synthetic", description="Write the synthetic mixed-domain set (Fundus layout).")
     ap.add_argument("--out", default="data/synthetic", help="output folder (default data/synthetic)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same files)")
     ap.add_argument("--n-train", type=int, default=PRESETS["synthetic"]["n_train"], help="train images per domain")

@@ -1,0 +1,8 @@
+"""Fitting a run to the machine, without changing what it computes (each file's parity is tested).
+
+    speedups.py       precision by processor (--amp auto), channels_last, frozen conv+BN folding, foreach EMA
+    sam_attention.py  SAM's attention through scaled_dot_product_attention (--fast-attn)
+    distributed.py    torchrun: one process per GPU, gradients averaged by one all-reduce per step
+
+Nothing here imports the method, data.py or an entry point (tests/test_layout.py).
+"""
