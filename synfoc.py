@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hardware.sam_attention import use_fast_attention
 from hardware.speedups import AMP_DTYPES, ema_foreach, optimise_models
 import losses
 from medsam_lora import build_sam, make_teacher
@@ -105,6 +104,9 @@ def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, to
         else:
             sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"], lite_size=cfg.get("lite_size", 256), **kw)
         if cfg.get("fast_attn"):
+            # imported here: segment-anything (and torchvision, ~4 s) loads only when a SAM is built, so a
+            # command line that stops at a user mistake answers at once
+            from hardware.sam_attention import use_fast_attention
             use_fast_attention(sam)  # same outputs (tested), SDPA kernels
         sam = sam.to(device)
     if not cfg.get("plain"):  # the optimised step (hardware/speedups.py): same function, faster kernels

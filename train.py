@@ -23,7 +23,8 @@ holds the command line, the presets, the data plumbing, the loop and checkpoints
 
 Run folder runs/<name>/: config.json, log.txt, metrics.csv (every --log-every steps), evals.csv (step,
 model, domain, dice of every periodic evaluation), last.pt (every --eval-every steps, after evaluating
-both students on every domain's test split), best_test_selected.pt (the best mean test Dice: the paper's
+both students on every domain's test split), curves.png (at an evaluation at most once a minute, and at the
+last step), best_test_selected.pt (the best mean test Dice: the paper's
 optimistic protocol, kept apart), tb/ (with --tensorboard; a fresh start or --overwrite clears it).
 Checkpoints are plain dicts (torch.load(p, weights_only=True)) written atomically; --resume continues
 exactly (the same per-step losses and final weights as an uninterrupted run; tested on CPU). metrics.csv
@@ -65,7 +66,8 @@ from records.checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_chec
 from records.runlog import METRIC_NAMES, Log, TBLog, dice_table, reference_line
 from synfoc import Run, build_run, lam, train_step
 
-SYNFOC_ONLY = ("alpha", "reg")  # flags that mean something only when both models train
+SYNFOC_ONLY = ("alpha", "reg")
+CURVES_EVERY_S = 60  # curves.png is redrawn at an evaluation at most once a minute, and always at the last step  # flags that mean something only when both models train
 
 
 class ConfigError(ValueError):
@@ -409,7 +411,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     bad_terms = torch.zeros(5, device=run.device)
     last_dice, res = float("nan"), {}
     bar = tqdm(range(start, T), initial=start, total=T, desc=out.name, dynamic_ncols=True, disable=not is_main)
-    t_log = time.time()
+    t_log = t_drawn = time.time()
     for step in bar:
         lb = to_dev(next(lab_iter))
         ub = to_dev(next(unl_iter)) if semi else None  # drawn in burn-in too, so the data order never depends on K
@@ -455,7 +457,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             if tb is not None:
                 tb.dice(done, res, domains)
                 tb.pictures(done, run, test_cases, ub)
-            plots.plot_curves(out)  # curves.png: losses, λ, α, Φ, pseudo-label Dice (Fig. 6), test Dice
+            if done == T or time.time() - t_drawn >= CURVES_EVERY_S:  # matplotlib takes 1-2 s per drawing
+                plots.plot_curves(out)  # curves.png: losses, λ, α, Φ, pseudo-label Dice (Fig. 6), test Dice
+                t_drawn = time.time()
             log.line(f"step {done} test Dice per domain " + json.dumps(
                 {n: {domains[d - 1]: round(v, 4) for d, v in r.items()} for n, r in res.items()})
                 + " mean " + json.dumps({n: round(v, 4) for n, v in mean.items()}))

