@@ -4,5 +4,6 @@
     sam_attention.py  SAM's attention through scaled_dot_product_attention (--fast-attn)
     distributed.py    torchrun: one process per GPU, gradients averaged by one all-reduce per step
 
-Nothing here imports the method, data.py or an entry point (tests/test_layout.py).
+These import nothing of the project but medsam_lora (sam_attention's parity fixture): never the step, data.py
+or an entry point (tests/test_layout.py).
 """
