@@ -34,6 +34,7 @@ import torch
 
 # DataError lives in dataio/spec.py (the descriptions need it too); data.DataError is the same class. The
 # readers are re-exported so that `data.load_case` & co. stay the one public name for them.
+from dataio import check  # `data.py check` / `init` (the readers it uses are dataio.cases, never this file)
 from dataio.cases import (_check_domain, check_masks, check_root, decode_mask, encode_mask,  # noqa: F401
                           list_cases, load_case, scan_cases)
 from dataio.spec import (DESCRIPTIONS, PRESETS, SLICE_AXES, DataError, display_name, layout_help,  # noqa: F401
@@ -221,15 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.cmd == "check":
-            from dataio import check as dataset_check
-
-            problems = dataset_check.check(args.dataset, args.data_root)
+            problems = check.check(args.dataset, args.data_root)
             if problems:  # every problem is listed on stdout above; stderr gets one line
                 raise DataError(f"{len(problems)} problem(s) found (listed above), the first: {problems[0]}")
         elif args.cmd == "init":
-            from dataio import check as dataset_check
-
-            print(f"wrote {dataset_check.init(args.folder, args.force)}")
+            print(f"wrote {check.init(args.folder, args.force)}")
         else:
             from dataio import nifti
 
