@@ -73,7 +73,7 @@ from hardware.speedups import AMP_CHOICES
 from metrics import METRICS, case_metrics
 from predict import EvalError, OneLineParser, amp_dtype, cli_main, pick_device, which_models
 from records.checkpoint import build_students, checkpoint_path, load_checkpoint, predict
-from records.plots import overlay
+from records.plots import overlay, plot_curves
 from records.tables import aggregate, aggregate_runs, format_table
 
 # -----------------------------------------------------------------------------
@@ -405,13 +405,11 @@ def run(argv: list[str] | None = None) -> int:
         raise EvalError(f"--images: segmenting new images moved to predict.py: python predict.py "
                         f"{a.checkpoint[0]} --images {a.images} --out {a.out}")
     if a.curves:
-        from records import plots
-
         for c in a.checkpoint:
             folder = Path(c) if Path(c).is_dir() else Path(c).parent
             if not (folder / "metrics.csv").is_file():
                 raise EvalError(f"--curves: {folder} has no metrics.csv (expected a run folder written by train.py)")
-            print(f"wrote {plots.plot_curves(folder)}")
+            print(f"wrote {plot_curves(folder)}")
         return 0
     ck_paths = [checkpoint_path(c) for c in a.checkpoint]
     if len(ck_paths) == 1:

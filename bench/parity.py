@@ -68,11 +68,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # the project
 import step as bench_step  # noqa: E402
 import synfoc  # noqa: E402
 import train  # noqa: E402
+from gpu_check import append_jsonl  # noqa: E402  (bench/gpu_check.py: the GPU check's results files)
 from hardware.sam_attention import parity_model, use_fast_attention  # noqa: E402
 from records.checkpoint import TINY_SAM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TERMS = ("loss", "L_x", "L_u", "L_c", "L_d")   # train.py's metrics.csv columns, synfoc.LOSS_NAMES
+TERMS = synfoc.LOSS_NAMES  # train.py's metrics.csv loss columns
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -146,11 +147,6 @@ def cmd_runs(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- paper: 1. attention
-
-def append_jsonl(path: str, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
 
 def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
     """‖a − b‖ / max(‖b‖, floor), b the reference (the floor keeps gradients that are zero in exact arithmetic

@@ -216,18 +216,24 @@ def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.
         raise DataError(f"{image_path}: no mask file given")
     label = None
     for mp in mask_paths:
-        m = _read(mp)
-        if m.size != im.size:
-            raise DataError(f"{mp}: mask size {m.size[0]}x{m.size[1]} differs from image {image_path} "
-                            f"size {im.size[0]}x{im.size[1]}")
-        if m.mode not in ("1", "L", "RGB", "RGBA", "I;16", "I"):  # palette, LA, ...: decode the colours they show
-            m = m.convert("RGB")
-        try:
-            lab = decode_mask(dataset, np.asarray(m))
-        except DataError as e:
-            raise DataError(f"{mp}: {e}") from None
+        lab = _mask_file(dataset, mp, image_path, im.size)
         label = lab if label is None else np.maximum(label, lab)
     return img, label
+
+
+def _mask_file(dataset: str, mask_path: str, image_path: str, size: tuple[int, int]) -> np.ndarray:
+    """One mask file decoded to class ids [H,W]; DataError naming the file when it is unreadable, its size is not
+    the image's (`size`, PIL's (W, H)), or it holds a value or colour outside the encoding."""
+    m = _read(mask_path)
+    if m.size != size:
+        raise DataError(f"{mask_path}: mask size {m.size[0]}x{m.size[1]} differs from image {image_path} "
+                        f"size {size[0]}x{size[1]}")
+    if m.mode not in ("1", "L", "RGB", "RGBA", "I;16", "I"):  # palette, LA, ...: decode the colours they show
+        m = m.convert("RGB")
+    try:
+        return decode_mask(dataset, np.asarray(m))
+    except DataError as e:
+        raise DataError(f"{mask_path}: {e}") from None
 
 
 def check_masks(dataset: str, cases: list) -> list[str]:
@@ -246,16 +252,7 @@ def check_masks(dataset: str, cases: list) -> list[str]:
             continue
         for mp in mask_paths:
             try:
-                m = _read(mp)
-                if m.size != size:
-                    raise DataError(f"{mp}: mask size {m.size[0]}x{m.size[1]} differs from image {image_path} "
-                                    f"size {size[0]}x{size[1]}")
-                if m.mode not in ("1", "L", "RGB", "RGBA", "I;16", "I"):
-                    m = m.convert("RGB")
-                try:
-                    decode_mask(dataset, np.asarray(m))
-                except DataError as e:
-                    raise DataError(f"{mp}: {e}") from None
+                _mask_file(dataset, mp, image_path, size)  # load_case's own decoding: the same messages
             except DataError as e:
                 problems.append(str(e))
     return problems
