@@ -90,19 +90,23 @@ IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compi
 SAM_ONLY = {"lite_size", "rank", "lr_sam", "head_init", "sam_norm", "sam_ckpt"}
 
 
-def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, list[str] | None]:
-    """(run folder, train.py argv) of one row and training seed; argv None: a finished run with exactly this
-    configuration is reused. A run whose saved configuration differs in anything but IGNORED is an error."""
+def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int,
+             data_seed: int | None = None, steps: int | None = None) -> tuple[Path, list[str] | None]:
+    """(run folder, train.py argv) of one row and training seed of the table of data_seed and steps (default: the
+    first --data-seed and --steps); argv None: a finished run with exactly this configuration is reused. A run
+    whose saved configuration differs in anything but IGNORED is an error."""
+    data_seed = args.data_seed[0] if data_seed is None else data_seed
+    steps = (args.steps or [None])[0] if steps is None else steps
     folder = row_folder(out, name, seed)
-    argv = ["--dataset", "synthetic", "--data-seed", str(args.data_seed), "--seed", str(seed),
+    argv = ["--dataset", "synthetic", "--data-seed", str(data_seed), "--seed", str(seed),
             "--data-root", args.data_root, "--out", str(folder), *flags, *args.train_args]
-    if args.steps:
-        argv += ["--steps", str(args.steps)]
+    if steps:
+        argv += ["--steps", str(steps)]
     if (folder / "last.pt").is_file():
         ck = load_checkpoint(folder)
         ran = {k: ck["config"].get(k) for k in ("data_seed", "seed")}
-        if ran != {"data_seed": args.data_seed, "seed": seed}:  # never mix another table's run into this one
-            raise ValueError(f"{folder} holds a run with {ran}, this table asks for data_seed {args.data_seed}, "
+        if ran != {"data_seed": data_seed, "seed": seed}:  # never mix another table's run into this one
+            raise ValueError(f"{folder} holds a run with {ran}, this table asks for data_seed {data_seed}, "
                              f"seed {seed}: give another --out")
         want = train.resolve_config(train.parse_args(argv))
         ignored = IGNORED | (SAM_ONLY if want["mode"] in ("unet", "suponly") else set())
@@ -228,12 +232,17 @@ def markdown(results: dict, sds: dict, walls: dict, domains: list[str], title: s
 def build_parser() -> argparse.ArgumentParser:
     """The command line (tests/test_docs.py parses the README's commands with it)."""
     p = argparse.ArgumentParser(description="Synthetic Table 7 (see the module docstring).")
-    p.add_argument("--data-seed", type=int, default=1, help="generator seed of the synthetic set (default 1; "
-                                                             "0 is the embedded default's data)")
+    p.add_argument("--data-seed", type=int, nargs="+", default=[1],
+                   help="generator seed(s) of the synthetic set (default 1; 0 is the embedded default's data); "
+                        "several: one table per data seed, and the summary over them (budgets.md)")
     p.add_argument("--seed", type=int, nargs="+", default=[0],
                    help="training seed(s) of every row (default 0); several: each row once per seed, mean ± sd")
-    p.add_argument("--steps", type=int, help="training steps of every row (default: the synthetic preset)")
-    p.add_argument("--out", help="output folder (default runs/table7_s<data-seed>)")
+    p.add_argument("--steps", type=int, nargs="+",
+                   help="training steps of every row (default: the synthetic preset); several budgets: one table "
+                        "per budget (each its own runs: lambda's ramp and the burn-in scale with the steps) and "
+                        "Dice against steps over them (budgets.md / .json / .png)")
+    p.add_argument("--out", help="output folder (default runs/table7_s<data-seed>; several data seeds or budgets: "
+                                 "runs/table7_budgets, one subfolder s<D>_steps<T> per table)")
     p.add_argument("--data-root", default="data", help="folder of the generated sets (default data)")
     p.add_argument("--all", action="store_true", help="also Table 7's ablation rows and Table 8's alpha strategies")
     p.add_argument("--oracle", action="store_true", help="also SynFoC-oracle (train.py --pseudo-labels oracle: the "
@@ -250,64 +259,154 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def table_folder(out: Path, data_seed: int, steps: int | None, several: bool) -> Path:
+    """Where one table of a call goes: --out itself for one (data seed, budget), else --out/s<D>_steps<T>."""
+    return out / f"s{data_seed}_steps{steps or 'preset'}" if several else out
+
+
+def write_table(args: argparse.Namespace, rows: list, seeds: list[int], data_seed: int, plans: dict,
+                out: Path, jobs_threads: tuple[int, int | None]) -> dict:
+    """Evaluate the finished runs of one (data seed, budget) and write table7.md / .json / .png to out;
+    returns what table7.json holds."""
+    results, sds, walls, folders, per_seed, seed_folders = {}, {}, {}, {}, {}, {}
+    for name, _ in rows:
+        runs = {s: plans[(name, s)][0] for s in seeds}                # seed -> folder
+        folders[name], seed_folders[name] = runs[seeds[0]], runs
+        walls[name] = sum(wall(f) for f in runs.values()) / len(runs)   # per run
+        evals = {s: evaluate_run(f) for s, f in runs.items()}          # seed -> model -> domain -> Dice
+        per_seed[name] = {m: {s: evals[s][m] for s in seeds} for m in evals[seeds[0]]}
+        stats = {m: over_seeds(v) for m, v in per_seed[name].items()}
+        results[name] = {m: mean for m, (mean, _) in stats.items()}
+        sds[name] = {m: sd for m, (_, sd) in stats.items()}
+        print(f"[table7] {name}: " + ", ".join(f"{m} mean {100 * r['mean']:.1f}" for m, r in results[name].items()))
+    domains = data.PRESETS["synthetic"]["domains"]
+    cfg = load_checkpoint(folders["SynFoC"])["config"]
+    meta = dict(data_seed=data_seed, seed=seeds[0], seeds=seeds, steps=cfg["steps"], rows={n: f for n, f in rows},
+                train_seconds=walls, machine=f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+                cpu=capability_line(), amp=cfg["amp"], date=time.strftime("%Y-%m-%d"),
+                budget={k: cfg.get(k) for k in BUDGET_KEYS}, jobs=jobs_threads[0], threads=jobs_threads[1])
+    several = len(seeds) > 1
+    title = f"Synthetic Table 7 — data seed {data_seed}, {cfg['steps']} steps, " + \
+        (f"training seeds {', '.join(map(str, seeds))}, mean Dice (%) over the seeds" if several
+         else "mean Dice (%)") + " on the full test split"
+    pairs = paired(per_seed, seed_folders)
+    table = dict(results, _per_seed=per_seed, _paired=pairs, _meta=meta)
+    (out / "table7.md").write_text(markdown(results, sds, walls, domains, title, several) + paired_markdown(pairs))
+    (out / "table7.json").write_text(json.dumps(table, indent=2))
+    plots.plot_table7(results, {n: folders[n] for n in results}, out / "table7.png")
+    print((out / "table7.md").read_text())
+    return table
+
+
+def budgets_summary(tables: dict[tuple[int, int], dict]) -> dict:
+    """Several budgets (and data seeds) -> Dice against steps: per budget, each row's mean Dice per student over
+    every (data seed, training seed) pair, and the paired differences SynFoC − Base per pair, last step and
+    test-selected. tables: {(data seed, steps): table7.json content}. Dice as fractions."""
+    out = {}
+    for steps in sorted({t for _, t in tables}):
+        at = {ds: tab for (ds, t), tab in tables.items() if t == steps}
+        rows = {}
+        for tab in at.values():
+            for row, models in tab["_per_seed"].items():
+                for model, per in models.items():
+                    rows.setdefault(row, {}).setdefault(model, []).extend(r["mean"] for r in per.values())
+        diffs = {}
+        for ds, tab in at.items():
+            for pair, kinds in tab["_paired"].items():
+                for kind, per in kinds.items():
+                    diffs.setdefault(pair, {}).setdefault(kind, {}).update({f"{ds}/{s}": d for s, d in per.items()})
+        out[steps] = dict(rows={r: {m: dict(mean=sum(v) / len(v), n=len(v), runs=v) for m, v in ms.items()}
+                                for r, ms in rows.items()},
+                          paired={p: {k: dict(per_pair=v, mean=sum(v.values()) / len(v)) for k, v in kinds.items()}
+                                  for p, kinds in diffs.items()})
+    return out
+
+
+def budgets_markdown(summary: dict, data_seeds: list[int], seeds: list[int]) -> str:
+    """The Dice-against-steps tables: rows × budgets (mean over the pairs), then the paired differences."""
+    steps = list(summary)
+    rows = list(dict.fromkeys(r for s in summary.values() for r in s["rows"]))
+    head = "| row | student | " + " | ".join(f"{t} steps" for t in steps) + " |"
+    lines = [f"## Dice against steps — data seeds {', '.join(map(str, data_seeds))} × training seeds "
+             f"{', '.join(map(str, seeds))}, mean Dice (%) over the pairs, last step, full test split", "",
+             head, "|---|---|" + "---|" * len(steps)]
+    for row in rows:
+        for model in dict.fromkeys(m for s in summary.values() for m in s["rows"].get(row, {})):
+            cells = [summary[t]["rows"].get(row, {}).get(model) for t in steps]
+            lines.append(f"| {row} | {model} | " + " | ".join(
+                f"{100 * c['mean']:.1f} (n={c['n']})" if c else "–" for c in cells) + " |")
+    lines += ["", "Paired differences (points; per pair `data seed/training seed`; test-selected = each student's "
+              "best evaluation on the TEST split, the paper's optimistic protocol):", "",
+              "| difference | checkpoint | steps | per pair | mean |", "|---|---|---|---|---|"]
+    for t in steps:
+        for pair, kinds in summary[t]["paired"].items():
+            for kind, d in kinds.items():
+                per = ", ".join(f"{k}: {100 * v:+.1f}" for k, v in d["per_pair"].items())
+                lines.append(f"| {pair} | {kind} | {t} | {per} | **{100 * d['mean']:+.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         print("error: --jobs and --threads must be >= 1", file=sys.stderr)
         return 2
-    seeds = list(dict.fromkeys(args.seed))  # in the given order, each once
-    if args.write_reference and len(seeds) > 1:
-        print("error: --write-reference takes one --seed (the reference is one run per row, like train.py's run)",
-              file=sys.stderr)
+    if any(t < 1 for t in args.steps or []):
+        print("error: --steps must be >= 1", file=sys.stderr)
         return 2
-    out = Path(args.out or f"runs/table7_s{args.data_seed}")
-    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(dict.fromkeys(args.seed))  # in the given order, each once
+    data_seeds = list(dict.fromkeys(args.data_seed))
+    budgets = list(dict.fromkeys(args.steps or [None]))
+    several = len(data_seeds) * len(budgets) > 1
+    if args.write_reference and (len(seeds) > 1 or several):
+        print("error: --write-reference takes one --seed, one --data-seed and one --steps (the reference is one run "
+              "per row, like train.py's run)", file=sys.stderr)
+        return 2
+    if any(b is None for b in budgets) and len(budgets) > 1:
+        print("error: --steps: give every budget as a number", file=sys.stderr)
+        return 2
+    out = Path(args.out or (f"runs/table7_s{data_seeds[0]}" if not several else "runs/table7_budgets"))
     rows = table_rows(args)
-    results, sds, walls, folders, per_seed, seed_folders = {}, {}, {}, {}, {}, {}
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
+    tables = {(ds, t): table_folder(out, ds, t, several) for ds in data_seeds for t in budgets}
     try:
-        # seed-major: every row of seed 0 first, so an interrupted table already holds whole seeds
-        plans = {(name, s): plan_row(name, flags, args, out, s) for s in seeds for name, flags in rows}
-        todo = [(name, s) for (name, s), (_, argv) in plans.items() if argv is not None]
-        for (name, s), (folder, argv) in plans.items():
+        # pair-major (training seed, then data seed): an interrupted call already holds whole pairs at every
+        # budget; inside a pair the longest runs first (most steps, SAM rows), so two jobs end together
+        plans = {}
+        for s in seeds:
+            for ds in data_seeds:
+                keys = sorted(((ds, t, name, flags) for t in budgets for name, flags in rows),
+                              key=lambda k: (-(k[1] or 0), "--mode" in k[3] and k[3][k[3].index("--mode") + 1] != "medsam"))
+                for ds_, t, name, flags in keys:
+                    tables[(ds_, t)].mkdir(parents=True, exist_ok=True)
+                    plans[(ds_, t, name, s)] = plan_row(name, flags, args, tables[(ds_, t)], s, ds_, t)
+        todo = [key for key, (_, argv) in plans.items() if argv is not None]
+        for (ds, t, name, s), (folder, argv) in plans.items():
             if argv is None:
                 print(f"[table7] {name}: reusing {folder} (finished)")
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is its own train.py process
-            futures = {key: pool.submit(train_row, key[0], plans[key][0], plans[key][1], threads, args.jobs > 1)
-                       for key in todo}
-            for f in futures.values():
+            futures = [pool.submit(train_row, key[2], plans[key][0], plans[key][1], threads, args.jobs > 1)
+                       for key in todo]
+            for f in futures:
                 f.result()
-        for name, _ in rows:
-            runs = {s: plans[(name, s)][0] for s in seeds}                # seed -> folder
-            folders[name], seed_folders[name] = runs[seeds[0]], runs
-            walls[name] = sum(wall(f) for f in runs.values()) / len(runs)   # per run
-            evals = {s: evaluate_run(f) for s, f in runs.items()}          # seed -> model -> domain -> Dice
-            per_seed[name] = {m: {s: evals[s][m] for s in seeds} for m in evals[seeds[0]]}
-            stats = {m: over_seeds(v) for m, v in per_seed[name].items()}
-            results[name] = {m: mean for m, (mean, _) in stats.items()}
-            sds[name] = {m: sd for m, (_, sd) in stats.items()}
-            print(f"[table7] {name}: " + ", ".join(f"{m} mean {100 * r['mean']:.1f}" for m, r in results[name].items()))
+        written = {}
+        for (ds, t), folder in tables.items():
+            sub = {(name, s): plans[(ds, t, name, s)] for name, _ in rows for s in seeds}
+            written[(ds, t)] = write_table(args, rows, seeds, ds, sub, folder, (args.jobs, threads))
     except (train.ConfigError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    domains = data.PRESETS["synthetic"]["domains"]
-    cfg = load_checkpoint(folders["SynFoC"])["config"]
-    meta = dict(data_seed=args.data_seed, seed=seeds[0], seeds=seeds, steps=cfg["steps"], rows={n: f for n, f in rows},
-                train_seconds=walls, machine=f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-                cpu=capability_line(), amp=cfg["amp"], date=time.strftime("%Y-%m-%d"),
-                budget={k: cfg.get(k) for k in BUDGET_KEYS}, jobs=args.jobs, threads=threads)
-    several = len(seeds) > 1
-    title = f"Synthetic Table 7 — data seed {args.data_seed}, {cfg['steps']} steps, " + \
-        (f"training seeds {', '.join(map(str, seeds))}, mean Dice (%) over the seeds" if several
-         else "mean Dice (%)") + " on the full test split"
-    pairs = paired(per_seed, seed_folders)
-    (out / "table7.md").write_text(markdown(results, sds, walls, domains, title, several) + paired_markdown(pairs))
-    (out / "table7.json").write_text(json.dumps(dict(results, _per_seed=per_seed, _paired=pairs, _meta=meta), indent=2))
-    plots.plot_table7(results, {n: folders[n] for n in results}, out / "table7.png")
-    print((out / "table7.md").read_text())
+    if several:
+        summary = budgets_summary({(ds, tab["_meta"]["steps"]): tab for (ds, _), tab in written.items()})
+        (out / "budgets.md").write_text(budgets_markdown(summary, data_seeds, seeds))
+        (out / "budgets.json").write_text(json.dumps(summary, indent=2))
+        plots.plot_budgets(summary, out / "budgets.png")
+        print((out / "budgets.md").read_text())
     if args.write_reference:
-        REFERENCE.write_text(json.dumps(dict(results=results, **meta), indent=2))
+        tab = written[(data_seeds[0], budgets[0])]
+        results = {k: v for k, v in tab.items() if not k.startswith("_")}
+        REFERENCE.write_text(json.dumps(dict(results=results, **tab["_meta"]), indent=2))
         print(f"wrote {REFERENCE}")
     return 0
 

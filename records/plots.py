@@ -6,6 +6,7 @@ overlay of a prediction on its image (predict.py, evaluate.py --overlays, Tensor
     from records import plots
     plots.plot_curves("runs/x")                 # -> runs/x/curves.png
     plots.plot_table7(results, {"synfoc": Path("runs/a"), "unet": Path("runs/b")}, Path("table7.png"))
+    plots.plot_budgets(summary, Path("budgets.png"))   # Dice against steps (bench/table7.py --steps 100 300 800)
     rgb = plots.overlay(image, pred, gt, parts)  # uint8 [H,W,3]: classes translucent, GT part contours green
 
 curves.png, one panel each, everything against the training step:
@@ -153,6 +154,55 @@ def plot_table7(results: dict[str, dict[str, dict[str, float]]], curves: dict[st
         draw_lines(ax, series, f"pseudo-label Dice: {name[5:].replace('_', ' ')}", "Dice")
     for ax in list(axes[0][len(models):]) + list(axes[1][len(PSEUDO_DICE):]):
         ax.axis("off")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
+def plot_budgets(summary: dict, out_png: Path, target: float = 0.03) -> Path:
+    """Dice against steps (bench/table7.py with several --steps): one panel per student kind, each row's mean test
+    Dice against the budget (SynFoC-oracle dashed: the ceiling of the unlabeled path); last, the paired gap
+    SynFoC − Base per student (mean line, one dot per pair) with the +target line the gain issue asks for.
+
+    summary: {steps: {"rows": {row: {model: {"mean": dice, ...}}}, "paired": {name: {"last": {"per_pair":
+    {pair: Δ}, "mean": Δ}, ...}}}} (bench/table7.budgets_summary), Dice as fractions (drawn in %). Returns out_png."""
+    steps = sorted(summary, key=int)
+    plt = pyplot()
+    lines = dict.fromkeys((r, m) for t in steps for r, ms in summary[t]["rows"].items() for m in ms)
+    models = list(dict.fromkeys(m for _, m in lines))
+    fig, axes = plt.subplots(1, len(models) + 1, figsize=(5.5 * (len(models) + 1), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for row, m in lines:
+            if m == model:
+                ys = [100 * summary[t]["rows"].get(row, {}).get(model, {}).get("mean", math.nan) for t in steps]
+                ax.plot(steps, ys, "--" if "oracle" in row else "-", marker="o", label=row)
+        ax.set_xscale("log")
+        ax.set_xticks(steps, [str(t) for t in steps])
+        ax.set_xlabel("training steps (each budget its own runs)", fontsize=8)
+        ax.set_ylabel("mean test Dice %", fontsize=8)
+        ax.set_title(f"{model} students: test Dice against steps (mean over the pairs)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    right = axes[0][-1]
+    for name in dict.fromkeys(p for t in steps for p in summary[t]["paired"]):
+        d = [summary[t]["paired"].get(name, {}).get("last") for t in steps]
+        line, = right.plot(steps, [100 * x["mean"] if x else math.nan for x in d], marker="o", label=name)
+        for t, x in zip(steps, d):
+            if x:
+                right.scatter([t] * len(x["per_pair"]), [100 * v for v in x["per_pair"].values()], s=10,
+                              color=line.get_color(), alpha=0.5)
+    right.axhline(0, color="k", lw=0.8)
+    right.axhline(100 * target, color="grey", ls=":", lw=0.8, label=f"+{100 * target:.0f} (the gain asked)")
+    right.set_xscale("log")
+    right.set_xticks(steps, [str(t) for t in steps])
+    right.set_xlabel("training steps", fontsize=8)
+    right.set_ylabel("points of mean Dice", fontsize=8)
+    right.set_title("gap SynFoC − Base per student, last step (dots: pairs)", fontsize=9)
+    right.legend(fontsize=6)
+    right.grid(alpha=0.3)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""bench/table7.py end to end on a tiny SAM, two steps per row (seconds): files written, values consistent."""
+"""bench/table7.py end to end on a tiny SAM, two steps per row (seconds): files written, values consistent; several
+budgets (Dice against steps) with one more budget of three steps."""
 import json
 import subprocess
 import sys
@@ -107,3 +108,52 @@ def test_table7_end_to_end(tmp_path, capsys):
     # the reference file is one run per row
     assert table7.main(["--data-seed", "5", "--out", str(out), "--seed", "0", "1", "--write-reference"]) == 2
     assert capsys.readouterr().err.startswith("error: --write-reference takes one --seed")
+    # several budgets: one table per budget in <out>/s5_steps<T>, then Dice against steps over them. The steps-2
+    # runs above are copied in and reused; the steps-3 runs train here, in this process (--jobs 1), longest first
+    import shutil
+    budgets = tmp_path / "budgets"
+    for row in ("SupOnly", "Base_U-Net", "Base_MedSAM", "SynFoC"):
+        shutil.copytree(out / row, budgets / "s5_steps2" / row)
+    tiny = ["--train-args", "--sam", "tiny", "--unet-width", "4", "--labeled", "2", "--device", "cpu"]
+    assert table7.main(["--data-seed", "5", "--steps", "3", "2", "--out", str(budgets), "--data-root",
+                        str(tmp_path / "data"), *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing") == 4
+    trained = [line.split(":")[0].removeprefix("[table7] ") for line in printed.splitlines() if "python train.py" in line]
+    assert trained == ["Base MedSAM", "SynFoC", "SupOnly", "Base U-Net"]  # the SAM rows first: two jobs end together
+    summary = json.loads((budgets / "budgets.json").read_text())
+    assert list(summary) == ["2", "3"]
+    t2 = json.loads((budgets / "s5_steps2" / "table7.json").read_text())
+    t3 = json.loads((budgets / "s5_steps3" / "table7.json").read_text())
+    assert t2["SynFoC"] == res["SynFoC"] and t3["_meta"]["steps"] == 3
+    for steps, tab in (("2", t2), ("3", t3)):
+        for row in ("SupOnly", "Base U-Net", "Base MedSAM", "SynFoC"):
+            for model in tab[row]:
+                assert summary[steps]["rows"][row][model]["mean"] == pytest.approx(tab[row][model]["mean"])
+        assert summary[steps]["paired"]["SynFoC unet − Base U-Net"]["last"]["mean"] == pytest.approx(
+            tab["SynFoC"]["unet"]["mean"] - tab["Base U-Net"]["unet"]["mean"])
+    md = (budgets / "budgets.md").read_text()
+    assert "| SynFoC | medsam | " + " | ".join(f"{100 * t['SynFoC']['medsam']['mean']:.1f} (n=1)" for t in (t2, t3)) in md
+    assert (budgets / "budgets.png").stat().st_size > 1000
+    assert table7.main(["--data-seed", "5", "6", "--steps", "2", "--out", str(budgets), "--write-reference"]) == 2
+    assert "takes one --seed, one --data-seed and one --steps" in capsys.readouterr().err
+
+
+def test_budgets_summary_by_hand():
+    # two data seeds × one training seed at one budget: the row mean is over the pairs, the paired difference per
+    # pair is keyed "data seed/training seed"; numbers made up, expected values by hand
+    import importlib
+    sys.path.insert(0, str(ROOT / "bench"))
+    table7 = importlib.import_module("table7")
+    def tab(syn, base):
+        return {"_per_seed": {"SynFoC": {"medsam": {"0": {"mean": syn}}}, "Base MedSAM": {"medsam": {"0": {"mean": base}}}},
+                "_paired": {"SynFoC medsam − Base MedSAM": {"last": {"0": syn - base}}}}
+    s = table7.budgets_summary({(20, 100): tab(0.50, 0.60), (21, 100): tab(0.70, 0.60), (20, 800): tab(0.9, 0.8)})
+    assert list(s) == [100, 800]
+    assert s[100]["rows"]["SynFoC"]["medsam"]["mean"] == pytest.approx(0.60)       # (0.5 + 0.7) / 2
+    assert s[100]["rows"]["SynFoC"]["medsam"]["n"] == 2 and s[800]["rows"]["SynFoC"]["medsam"]["n"] == 1
+    d = s[100]["paired"]["SynFoC medsam − Base MedSAM"]["last"]
+    assert d["per_pair"] == pytest.approx({"20/0": -0.10, "21/0": 0.10}) and d["mean"] == pytest.approx(0.0)
+    md = table7.budgets_markdown(s, [20, 21], [0])
+    assert "| SynFoC | medsam | 60.0 (n=2) | 90.0 (n=1) |" in md
+    assert "| SynFoC medsam − Base MedSAM | last | 800 | 20/0: +10.0 | **+10.0** |" in md
