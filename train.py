@@ -444,7 +444,10 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
                 tb.scalars(done, vals, (time.time() - t_log) / n_acc)
             acc.zero_()
             lam_acc, n_acc = 0.0, 0
-            bar.set_postfix(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}", dice=f"{last_dice:.3f}")
+            shown = dict(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}")
+            if last_dice == last_dice:  # the last evaluation's test Dice, once there is one (no "nan" before)
+                shown["test_dice"] = f"{last_dice:.3f}"
+            bar.set_postfix(**shown)
         if (done % cfg["eval_every"] == 0 or done == T) and world > 1:
             log.line(f"step {done}: the {world} ranks hold identical models "
                      f"(fingerprint {distributed.check_identical(run):.17g})", echo=False)

@@ -7,6 +7,8 @@
     python bench/table7.py --data-seed 0 --write-reference  # the labeled-only reference train.py prints
     python bench/table7.py --seed 0 1 2                     # every row with three training seeds: mean ± sd
     python bench/table7.py --data-seed 3 --seed 0 1 2 --jobs 2   # two runs at once, one thread each
+    python bench/table7.py --data-seed 20 21 --seed 0 1 --steps 100 300 800 --oracle --jobs 2 --out runs/budgets
+                                                            # Dice against steps (budgets.md / .json / .png)
 
 Each row trains `train.py --dataset synthetic --data-seed N [--steps T] <row flags>` (the synthetic preset
 otherwise), then evaluates the run's last.pt on every domain's FULL test split with evaluate.py's code
@@ -21,6 +23,17 @@ otherwise), then evaluates the run's last.pt on every domain's FULL test split w
                  {seed: difference}}}) + "_meta" (flags, seeds, times, machine)
     table7.png   per-domain bars per row, and the pseudo-label Dice of the SAM teacher, the U-Net teacher and
                  the ensemble vs step from each run's metrics.csv (the paper's Fig. 6)
+Several budgets or data seeds (`--steps 100 300 800`, `--data-seed 20 21`): one table as above per data seed
+and budget, in --out/s<D>_steps<T> (each budget its own runs: λ's ramp and the burn-in scale with the steps),
+then Dice against steps over them in --out (default runs/table7_budgets):
+    budgets.md   each row's mean Dice per student at each budget (mean over the data seed × training seed pairs,
+                 n = the pairs), then the paired differences SynFoC − Base per pair, last step and test-selected
+    budgets.json {steps: {"rows": {row: {model: {"mean", "n", "runs"}}}, "paired": {pair: {"last" |
+                 "test-selected": {"per_pair": {"<data seed>/<training seed>": Δ}, "mean": Δ}}}}} (fractions)
+    budgets.png  one panel per student kind (Dice against steps, SynFoC-oracle dashed: the ceiling), then the
+                 gap SynFoC − Base per student with one dot per pair and the +3 line the gain issue asks for
+The runs are planned pair by pair (training seed, then data seed) and, inside a pair, longest first (most steps,
+SAM rows before U-Net rows), so --jobs 2 keeps both cores busy and a killed call already holds whole pairs.
 Rows: SupOnly (--mode suponly), Base U-Net (--mode unet), Base MedSAM (--mode medsam), SynFoC. With --all:
 SynFoC with CR (--reg cr), Base+SMC (--reg none), CDCR without SMC (--alpha own), and Table 8's alpha
 strategies const / linear / self / mutual / cps with --reg none (Table 8's SMC row is the Base+SMC row). With

@@ -102,16 +102,6 @@ def test_fast_attn_same_flops_and_peak_fraction(capsys):
     assert number(fast["fraction of peak"]) == pytest.approx(js_fast["TFLOP/s"] / 0.5, rel=1e-3)
 
 
-def test_compile_flag_traces(capsys):
-    """--compile wraps every student and teacher (the eager backend: dynamo tracing only, seconds on a CPU)."""
-    try:
-        fields, js = run_bench(["--device", "cpu", "--warmup", "0", "--steps", "1", "--compile",
-                                "--compile-backend", "eager", "--fast-attn"], capsys)
-    finally:
-        torch._dynamo.reset()  # leave no compiled code behind for other tests
-    assert "compile eager" in fields["config"] and js["s/step"] > 0
-
-
 # ----------------------------------------------------------------------------- CUDA only
 
 @cuda
