@@ -154,11 +154,16 @@ def plot_table7(results: dict[str, dict[str, dict[str, float]]], curves: dict[st
         draw_lines(ax, series, f"pseudo-label Dice: {name[5:].replace('_', ' ')}", "Dice")
     for ax in list(axes[0][len(models):]) + list(axes[1][len(PSEUDO_DICE):]):
         ax.axis("off")
+    return save(fig, out_png)
+
+
+def save(fig, out_png: Path) -> Path:
+    """Lay out a multi-panel figure (tight_layout), write it to out_png (folders made) at 90 dpi, close it."""
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    pyplot().close(fig)
     return out_png
 
 
@@ -180,6 +185,7 @@ def plot_budgets(summary: dict, out_png: Path, target: float = 0.03) -> Path:
                 ys = [100 * summary[t]["rows"].get(row, {}).get(model, {}).get("mean", math.nan) for t in steps]
                 ax.plot(steps, ys, "--" if "oracle" in row else "-", marker="o", label=row)
         ax.set_xscale("log")
+        ax.minorticks_off()  # the budgets themselves are the ticks
         ax.set_xticks(steps, [str(t) for t in steps])
         ax.set_xlabel("training steps (each budget its own runs)", fontsize=8)
         ax.set_ylabel("mean test Dice %", fontsize=8)
@@ -197,18 +203,14 @@ def plot_budgets(summary: dict, out_png: Path, target: float = 0.03) -> Path:
     right.axhline(0, color="k", lw=0.8)
     right.axhline(100 * target, color="grey", ls=":", lw=0.8, label=f"+{100 * target:.0f} (the gain asked)")
     right.set_xscale("log")
+    right.minorticks_off()
     right.set_xticks(steps, [str(t) for t in steps])
     right.set_xlabel("training steps", fontsize=8)
     right.set_ylabel("points of mean Dice", fontsize=8)
     right.set_title("gap SynFoC − Base per student, last step (dots: pairs)", fontsize=9)
     right.legend(fontsize=6)
     right.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return save(fig, out_png)
 
 
 # translucent prediction colours per class id (0 = background, not drawn): red, blue, yellow, magenta, cyan
