@@ -174,7 +174,8 @@ def plot_budgets(summary: dict, out_png: Path, target: float = 0.03) -> Path:
 
     summary: {steps: {"rows": {row: {model: {"mean": dice, ...}}}, "paired": {name: {"last": {"per_pair":
     {pair: Δ}, "mean": Δ}, ...}}}} (bench/table7.budgets_summary), Dice as fractions (drawn in %). Returns out_png."""
-    steps = sorted(summary, key=int)
+    summary = {int(t): v for t, v in summary.items()}  # budgets.json keys are strings
+    steps = sorted(summary)
     plt = pyplot()
     lines = dict.fromkeys((r, m) for t in steps for r, ms in summary[t]["rows"].items() for m in ms)
     models = list(dict.fromkeys(m for _, m in lines))

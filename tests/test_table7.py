@@ -139,7 +139,7 @@ def test_table7_end_to_end(tmp_path, capsys):
     assert "takes one --seed, one --data-seed and one --steps" in capsys.readouterr().err
 
 
-def test_budgets_summary_by_hand():
+def test_budgets_summary_by_hand(tmp_path):
     # two data seeds × one training seed at one budget: the row mean is over the pairs, the paired difference per
     # pair is keyed "data seed/training seed"; numbers made up, expected values by hand
     import importlib
@@ -157,3 +157,7 @@ def test_budgets_summary_by_hand():
     md = table7.budgets_markdown(s, [20, 21], [0])
     assert "| SynFoC | medsam | 60.0 (n=2) | 90.0 (n=1) |" in md
     assert "| SynFoC medsam − Base MedSAM | last | 800 | 20/0: +10.0 | **+10.0** |" in md
+    # the figure reads budgets.json too (string keys): the budgets are the x values, not categories
+    from records import plots
+    png = plots.plot_budgets(json.loads(json.dumps(s)), tmp_path / "b.png")
+    assert png.stat().st_size > 1000
