@@ -103,6 +103,11 @@ IGNORED = {"out", "device", "workers", "threads", "tensorboard", "plain", "compi
 SAM_ONLY = {"lite_size", "rank", "lr_sam", "head_init", "sam_norm", "sam_ckpt"}
 
 
+def builds_sam(flags: list[str]) -> bool:
+    """Whether a row's train.py flags train a SAM (every mode but --mode unet / suponly)."""
+    return not any(a == "--mode" and b in ("unet", "suponly") for a, b in zip(flags, flags[1:]))
+
+
 def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, seed: int,
              data_seed: int | None = None, steps: int | None = None) -> tuple[Path, list[str] | None]:
     """(run folder, train.py argv) of one row and training seed of the table of data_seed and steps (default: the
@@ -277,8 +282,8 @@ def table_folder(out: Path, data_seed: int, steps: int | None, several: bool) ->
     return out / f"s{data_seed}_steps{steps or 'preset'}" if several else out
 
 
-def write_table(args: argparse.Namespace, rows: list, seeds: list[int], data_seed: int, plans: dict,
-                out: Path, jobs_threads: tuple[int, int | None]) -> dict:
+def write_table(rows: list, seeds: list[int], data_seed: int, plans: dict, out: Path,
+                jobs_threads: tuple[int, int | None]) -> dict:
     """Evaluate the finished runs of one (data seed, budget) and write table7.md / .json / .png to out;
     returns what table7.json holds."""
     results, sds, walls, folders, per_seed, seed_folders = {}, {}, {}, {}, {}, {}
@@ -383,17 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = table_rows(args)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     tables = {(ds, t): table_folder(out, ds, t, several) for ds in data_seeds for t in budgets}
+    for folder in tables.values():
+        folder.mkdir(parents=True, exist_ok=True)
     try:
         # pair-major (training seed, then data seed): an interrupted call already holds whole pairs at every
         # budget; inside a pair the longest runs first (most steps, SAM rows), so two jobs end together
         plans = {}
         for s in seeds:
             for ds in data_seeds:
-                keys = sorted(((ds, t, name, flags) for t in budgets for name, flags in rows),
-                              key=lambda k: (-(k[1] or 0), "--mode" in k[3] and k[3][k[3].index("--mode") + 1] != "medsam"))
-                for ds_, t, name, flags in keys:
-                    tables[(ds_, t)].mkdir(parents=True, exist_ok=True)
-                    plans[(ds_, t, name, s)] = plan_row(name, flags, args, tables[(ds_, t)], s, ds_, t)
+                for t, name, flags in sorted(((t, name, flags) for t in budgets for name, flags in rows),
+                                             key=lambda k: (-(k[0] or 0), not builds_sam(k[2]))):
+                    plans[(ds, t, name, s)] = plan_row(name, flags, args, tables[(ds, t)], s, ds, t)
         todo = [key for key, (_, argv) in plans.items() if argv is not None]
         for (ds, t, name, s), (folder, argv) in plans.items():
             if argv is None:
@@ -406,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         written = {}
         for (ds, t), folder in tables.items():
             sub = {(name, s): plans[(ds, t, name, s)] for name, _ in rows for s in seeds}
-            written[(ds, t)] = write_table(args, rows, seeds, ds, sub, folder, (args.jobs, threads))
+            written[(ds, t)] = write_table(rows, seeds, ds, sub, folder, (args.jobs, threads))
     except (train.ConfigError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

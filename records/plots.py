@@ -167,6 +167,14 @@ def save(fig, out_png: Path) -> Path:
     return out_png
 
 
+def steps_axis(ax, steps: list[int], label: str) -> None:
+    """A log x axis whose ticks are exactly the budgets (no minor tick labels)."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(steps, [str(t) for t in steps])
+    ax.set_xlabel(label, fontsize=8)
+
+
 def plot_budgets(summary: dict, out_png: Path, target: float = 0.03) -> Path:
     """Dice against steps (bench/table7.py with several --steps): one panel per student kind, each row's mean test
     Dice against the budget (SynFoC-oracle dashed: the ceiling of the unlabeled path); last, the paired gap
@@ -185,10 +193,7 @@ def plot_budgets(summary: dict, out_png: Path, target: float = 0.03) -> Path:
             if m == model:
                 ys = [100 * summary[t]["rows"].get(row, {}).get(model, {}).get("mean", math.nan) for t in steps]
                 ax.plot(steps, ys, "--" if "oracle" in row else "-", marker="o", label=row)
-        ax.set_xscale("log")
-        ax.minorticks_off()  # the budgets themselves are the ticks
-        ax.set_xticks(steps, [str(t) for t in steps])
-        ax.set_xlabel("training steps (each budget its own runs)", fontsize=8)
+        steps_axis(ax, steps, "training steps (each budget its own runs)")
         ax.set_ylabel("mean test Dice %", fontsize=8)
         ax.set_title(f"{model} students: test Dice against steps (mean over the pairs)", fontsize=9)
         ax.legend(fontsize=7)
@@ -203,10 +208,7 @@ def plot_budgets(summary: dict, out_png: Path, target: float = 0.03) -> Path:
                               color=line.get_color(), alpha=0.5)
     right.axhline(0, color="k", lw=0.8)
     right.axhline(100 * target, color="grey", ls=":", lw=0.8, label=f"+{100 * target:.0f} (the gain asked)")
-    right.set_xscale("log")
-    right.minorticks_off()
-    right.set_xticks(steps, [str(t) for t in steps])
-    right.set_xlabel("training steps", fontsize=8)
+    steps_axis(right, steps, "training steps")
     right.set_ylabel("points of mean Dice", fontsize=8)
     right.set_title("gap SynFoC − Base per student, last step (dots: pairs)", fontsize=9)
     right.legend(fontsize=6)
