@@ -13,9 +13,11 @@ A dataset is a description (dataio/spec.py; fields in docs/datasets.md): the pre
 (spec.DESCRIPTIONS, validated into PRESETS) living in `<data-root>/<folder>`: data/Fundus, data/ProstateSlice,
 data/mnms, data/Dataset_BUSI_with_GT, data/synthetic (Fundus layout); any other set is a folder with its own
 dataset.json, and `spec(name_or_folder)` gives either. Every function here takes that name or folder as
-`dataset`. See README section "Datasets". The plumbing is in dataio/: finding and reading cases and decoding
-masks (cases.py, re-exported here: data.load_case, data.decode_mask, ...), the checks of `data.py check`
-(check.py), augmentations (transforms.py), NIfTI slicing (nifti.py), the synthetic set (synthetic.py).
+`dataset`. See README section "Datasets". The plumbing is in dataio/: finding and reading cases, the one image
+and mask decoding (cases.py, re-exported here: data.load_case, data.read_image, data.decode_mask, ...), files
+written whole or not at all (atomic.py: data.save_png, data.write_atomic, data.WriteError), the checks of
+`data.py check` (check.py), augmentations (transforms.py), NIfTI slicing (nifti.py), the synthetic set
+(synthetic.py).
 Train items are augmented once at W = max(I, S) and then resized to the SAM size I (3 channels) and the
 U-Net size S (in_channels); labels go to R and S by nearest. Every random draw of a train item comes from
 np.random.default_rng([seed, index, draw]) so a resumed run sees the same samples.
@@ -35,8 +37,9 @@ import torch
 # DataError lives in dataio/spec.py (the descriptions need it too); data.DataError is the same class. The
 # readers are re-exported so that `data.load_case` & co. stay the one public name for them.
 from dataio import check  # `data.py check` / `init` (the readers it uses are dataio.cases, never this file)
+from dataio.atomic import WriteError, save_png, write_atomic, write_text  # noqa: F401
 from dataio.cases import (_check_domain, check_masks, check_root, decode_mask, encode_mask,  # noqa: F401
-                          list_cases, load_case, scan_cases)
+                          list_cases, load_case, mask_codes, read_image, scan_cases)
 from dataio.spec import (DESCRIPTIONS, PRESETS, SLICE_AXES, DataError, display_name, layout_help,  # noqa: F401
                          register, spec, validate)
 from dataio.transforms import resize_image, resize_label, strong_augment, to_input, weak_augment
@@ -214,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--skip-empty", action="store_true", help="leave out slices without foreground (training sets)")
     sl.add_argument("--axis", choices=SLICE_AXES, default="auto",
                     help="the plane to cut, after reorienting to RAS+: auto = across the largest voxel spacing "
-                         "(the through-plane axis; default), or sagittal, coronal, axial")
+                         "(the through-plane axis; a one-slice volume: along its axis of length 1; default), or "
+                         "sagittal, coronal, axial")
     return ap
 
 

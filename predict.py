@@ -13,9 +13,10 @@ voxel on the input's grid, holding the set's label values (the mask.values that 
 is the background, e.g. 0/1/7 for volumes labelled 0/1/7; class ids otherwise):
     python predict.py runs/my_set_d1_synfoc --images new_vols/ --out seg/
 
-Images: PNG/JPG/BMP/TIFF, any size and mode. They are converted to the model's channels (grey -> RGB or
-RGB -> grey; 16-bit and float images min-max scaled to 0..255; alpha ignored), resized to the model input
-exactly as the dataset's test images are (transforms.to_input), and the label map is resized back to the
+Images: PNG/JPG/BMP/TIFF, any size and mode, read by the training loader's own function (data.read_image, the
+rules in docs/datasets.md "How files are read": grey -> RGB by repeating, colour -> grey by luminance, alpha
+ignored, 16-bit and float images by the set's intensity rule, carried in the checkpoint), resized to the model
+input exactly as the dataset's test images are (transforms.to_input), and the label map is resized back to the
 image's own size by nearest neighbour (pixel-centre sampling, transforms.resize_label). For each image
 `<name>.<ext>` it writes
     <name>.png           the label map in the dataset's mask encoding (fundus: 255 background, 128 disc rim,
@@ -26,10 +27,14 @@ image's own size by nearest neighbour (pixel-centre sampling, transforms.resize_
 Nothing is overwritten: every output name is planned before the model loads; two inputs that would write one
 file (a.png and a_overlay.png, x.nii and x.nii.gz, y.nii.gz and y_0000.nii.gz) stop the run with one line
 naming both, and an --out already holding a file this run would write stops it unless --overwrite.
-An unreadable image or volume (corrupt, 2D/4D, non-finite voxels) is reported in one line and skipped, the rest
-is written; the exit status is then 1. Mistakes on the command line (missing checkpoint or folder, --out equal
-to --images or a file, a model the checkpoint lacks) are one `error: ...` line on stderr, exit status 2. The
-base SAM weights are rebuilt from the path recorded in the checkpoint; `--sam-ckpt PATH` overrides it.
+Every output appears under its final name only when complete (written to a hidden .<name>.part file, then
+renamed; a killed run leaves no truncated mask). An unreadable image or volume (corrupt, a broken symbolic
+link, 2D/4D, non-finite voxels, a NaN or singular affine) is reported in one line and skipped, the rest is
+written; the exit status is then 1. A file that cannot be written (a full disk, a read-only --out) stops the
+run with one `error: ...` line naming it, exit status 2, nothing partial left. Mistakes on the command line
+(missing checkpoint or folder, --out equal to --images or a file, a model the checkpoint lacks) are one
+`error: ...` line on stderr, exit status 2. The base SAM weights are rebuilt from the path recorded in the
+checkpoint; `--sam-ckpt PATH` overrides it.
 
 This file also holds what evaluate.py shares with it (imports go one way, evaluate -> predict): choosing the
 students (which_models), the device and autocast, the overlay drawing and the one-line error handling.
@@ -42,7 +47,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 import data
@@ -112,20 +116,16 @@ def cli_main(run, argv: list[str] | None) -> None:
 # new images
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """Any PIL-readable image -> uint8 [H,W] (channels 1) or [H,W,3] (channels 3). 16-bit / float images are
-    min-max scaled to 0..255; palette/alpha images are flattened to RGB (alpha ignored); RGB -> grey by luminance."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            a = np.asarray(im, dtype=np.float64)
-            lo, hi = float(a.min()), float(a.max())
-            a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255
-            im = Image.fromarray((a + 0.5).astype(np.uint8))
-        im = im.convert("RGB")
-        if channels == 1:
-            im = im.convert("L")
-        return np.asarray(im)
+def read_image(path: Path, channels: int, intensity: dict | None = None) -> np.ndarray:
+    """A new image as the training loader reads the set's images: data.read_image (dataio/cases.decode_image),
+    the same function, with the set's channels and intensity rule -> uint8 [H,W] or [H,W,3]."""
+    return data.read_image(path, channels, intensity)
+
+
+def intensity_rule(cfg: dict) -> dict | None:
+    """The set's intensity rule (16-bit / float images, NIfTI volumes), as the checkpoint carries it."""
+    desc = cfg.get("dataset_description") or {}
+    return desc.get("intensity") or data.spec(cfg["dataset"])["intensity"]
 
 
 def plan_outputs(folder: Path) -> dict[Path, list[str]]:
@@ -133,7 +133,8 @@ def plan_outputs(folder: Path) -> dict[Path, list[str]]:
     EvalError when there is none, or when two inputs would write one file (module docstring)."""
     from dataio import nifti  # file names only: nibabel is imported when a volume is read
 
-    entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    # not is_dir(): a broken symbolic link is planned too, and then reported as unreadable, never dropped unsaid
+    entries = sorted(p for p in folder.iterdir() if not p.is_dir() and not p.name.startswith("."))
     files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
     volumes = [p for p in entries if p.name.lower().endswith(nifti.NII)]
     if not files and not volumes:
@@ -176,20 +177,25 @@ def _skipped(path: Path, what: str) -> None:
 
 
 def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, plan: dict[Path, list[str]], out: Path,
-                   device: torch.device, amp: torch.dtype | None) -> int:
+                   device: torch.device, amp: torch.dtype | None) -> list[Path]:
     """Segment every input of `plan` (plan_outputs) with the one model in `models`: images -> <name>.png (dataset
-    mask encoding, the image's own size) and <name>_overlay.png, volumes -> <case>.nii.gz. Returns the number of
-    unreadable inputs (each reported in one line and skipped)."""
-    dataset, S = cfg["dataset"], cfg["unet_size"]
+    mask encoding, the image's own size) and <name>_overlay.png, volumes -> <case>.nii.gz. Returns the unreadable
+    inputs (each reported in one line when met, and skipped). Every file is written whole or not at all
+    (data.save_png); a write that fails (a full disk, a read-only --out) raises data.WriteError: one line, stop."""
+    dataset, S, rule = cfg["dataset"], cfg["unet_size"], intensity_rule(cfg)
     sam_size = cfg.get("sam_size") or S
     volumes = [p for p, names in plan.items() if names[0].endswith(".nii.gz")]
-    failed = segment_volumes(models, cfg, {v: out / plan[v][0] for v in volumes}, device, amp) if volumes else 0
+    failed = segment_volumes(models, cfg, {v: out / plan[v][0] for v in volumes}, device, amp) if volumes else []
     files = [p for p in plan if p not in volumes]
     for p in tqdm(files, unit="image", desc="segment", dynamic_ncols=True):
         try:
-            img = read_image(p, cfg["in_channels"])
-        except Exception as e:  # any unreadable file: report, go on with the rest
-            failed += 1
+            img = read_image(p, cfg["in_channels"], rule)
+        except data.DataError as e:  # unreadable, corrupt, a broken link, NaN pixels: report, go on with the rest
+            failed.append(p)
+            _skipped(p, str(e).removeprefix(f"{p}: "))
+            continue
+        except Exception as e:  # what PIL raises beyond that (an odd mode): the same
+            failed.append(p)
             _skipped(p, f"unreadable image ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})")
             continue
         x_unet = to_input(img, S, cfg["in_channels"])[None].to(device)
@@ -197,8 +203,8 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, plan: dict[Pat
         label = next(iter(predict(models, x_unet, x_sam, S, amp).values()))[0].cpu().numpy()
         label = resize_label(label, img.shape[0], img.shape[1])
         mask_name, overlay_name = plan[p]
-        Image.fromarray(data.encode_mask(dataset, label)).save(out / mask_name)
-        Image.fromarray(overlay(img, label)).save(out / overlay_name)
+        data.save_png(out / mask_name, data.encode_mask(dataset, label))
+        data.save_png(out / overlay_name, overlay(img, label))
     return failed
 
 
@@ -229,14 +235,14 @@ def volume_values(p: dict) -> np.ndarray | None:
 
 
 def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, targets: dict[Path, Path], device: torch.device,
-                    amp: torch.dtype | None) -> int:
+                    amp: torch.dtype | None) -> list[Path]:
     """Each NIfTI volume -> its target mask (nifti.segment_volume: the set's orientation, axis and intensity rules,
-    written back on the input's grid). Returns the number of unreadable volumes (each reported and skipped)."""
+    written back on the input's grid). Returns the unreadable volumes (each reported and skipped)."""
     from dataio import nifti  # nibabel only when volumes are given
 
     p = data.spec(cfg["dataset"])
     desc = cfg.get("dataset_description") or {}
-    rule = desc.get("intensity") or p["intensity"]
+    rule = intensity_rule(cfg)
     axis = desc.get("slice_axis") or p["slice_axis"] or "auto"
     if rule is None:
         tqdm.write(f"note: {cfg['dataset']} has no intensity rule (not sliced by data.py slice); using "
@@ -247,12 +253,14 @@ def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, targets: dict
             slices = [np.repeat(s[..., None], 3, axis=-1) for s in slices]
         return predict_slices(models, cfg, slices, device, amp)
 
-    failed = 0
+    failed = []
     for v, target in tqdm(targets.items(), unit="volume", desc="segment", dynamic_ncols=True):
         try:
             nifti.segment_volume(v, target.parent, run_slices, cfg["in_channels"], rule, axis, volume_values(p), target)
-        except data.DataError as e:  # unreadable, 2D/4D, non-finite: report, go on with the rest
-            failed += 1
+        except data.WriteError:  # a full disk or a read-only --out: the next volume would fail the same way
+            raise
+        except data.DataError as e:  # unreadable, 2D/4D, non-finite voxels, a bad affine: report, go on
+            failed.append(v)
             _skipped(v, str(e).removeprefix(f"{v}: "))
     return failed
 
@@ -297,8 +305,9 @@ def run(argv: list[str] | None = None) -> int:
     except OSError as e:
         raise EvalError(f"--out {out}: cannot make the folder ({e.strerror})") from None
     failed = segment_folder(models, ck["config"], plan, out, device, amp_dtype(a.amp, ck["config"], device))
-    print(f"wrote {len(plan) - failed} segmentation(s) to {out}"
-          + (f"; {failed} unreadable file(s) skipped (listed above)" if failed else ""))
+    names = ", ".join(p.name for p in failed[:5]) + (", ..." if len(failed) > 5 else "")
+    print(f"wrote {len(plan) - len(failed)} segmentation(s) to {out}"
+          + (f"; {len(failed)} unreadable file(s) skipped: {names} (why: above)" if failed else ""))
     return 1 if failed else 0
 
 

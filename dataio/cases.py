@@ -5,11 +5,15 @@ its `check` command, dataio/check.py) and behind everything that opens an image 
     cases, problems = scan_cases(dataset, root, d, "train")   # (image, [masks]) pairs + what does not pair up
     list_cases(dataset, root, d, "test")             # the same, DataError on the first problem
     img, label = load_case(dataset, image_path, mask_paths)   # uint8 [H,W,C], int64 class ids [H,W]
+    img = read_image(path, channels, intensity)      # one image as load_case reads it (predict.py's new images)
+    codes = mask_codes(path)                         # one mask's stored values or colours (data.py init)
     decode_mask(dataset, mask) / encode_mask(dataset, label)  # stored mask <-> class ids (the "mask" field)
     check_masks(dataset, cases)                      # one line per bad mask, headers only (train.py, step 0)
 
-`dataset` is a preset name or a folder holding dataset.json (dataio/spec.py). Masks are decoded here and only
-here; everything downstream sees int64 class ids, 0 = background.
+`dataset` is a preset name or a folder holding dataset.json (dataio/spec.py). Images are decoded here and only
+here (decode_image: modes, bit depths, the intensity rule, the channel rule), masks too (mask_codes, then
+decode_mask), the rules in docs/datasets.md "How files are read"; everything downstream sees uint8 images and
+int64 class ids, 0 = background.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataio.nifti import to_uint8
 from dataio.spec import PRESETS, DataError, display_name, layout_help, spec
 
 
@@ -117,10 +122,98 @@ def _read(path: str | Path) -> Image.Image:
         im = Image.open(path)
         im.load()
     except FileNotFoundError:
+        if os.path.islink(path):  # listed by the folder, but its target is gone
+            raise DataError(f"{path}: a broken symbolic link (its target {os.readlink(path)} does not exist)") from None
         raise DataError(f"{path}: file not found") from None
     except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
-        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}): expected a valid PNG") from None
+        kind = Path(path).suffix[1:].upper() or "image"
+        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}): expected a valid {kind} "
+                        "file") from None
     return im
+
+
+# ----------------------------------------------------------------------------- the one image decoding
+# PIL modes by what a pixel holds (docs/datasets.md "How files are read"): wider than 8 bits -> the intensity
+# rule; grey (1-bit, grey + alpha); every other mode (RGB, RGBA, palette, CMYK, ...) is the RGB colour it shows.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+GRAY_MODES = ("1", "L", "LA", "La")
+
+
+def _equal_channels(rgb: np.ndarray) -> bool:
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+
+
+def is_colour(im: Image.Image) -> bool:
+    """Whether an image shows colour: an RGB-like mode with R, G, B not all equal (grey stored as RGB is grey)."""
+    if im.mode in WIDE_MODES or im.mode in GRAY_MODES:
+        return False
+    return not _equal_channels(np.asarray(im if im.mode == "RGB" else im.convert("RGB")))
+
+
+def decode_image(im: Image.Image, path: str | Path, channels: int, intensity: dict | None) -> tuple[np.ndarray, bool]:
+    """The one image decoding, the same for training, check, evaluate.py and predict.py: a PIL image -> (uint8
+    [H,W] (channels 1) or [H,W,3] (channels 3), whether a colour image became grey). 16-bit, 32-bit and float
+    images: the set's intensity rule (`intensity`, dataset.json's; None = percentile 0.5-99.5, per image;
+    nifti.to_uint8). 1-bit: 0 / 255.
+    Alpha is ignored. Colour -> grey by luminance (PIL "L", ITU-R 601-2; exactly the channel when R = G = B);
+    grey -> RGB by repeating it. DataError naming the file for non-finite pixels."""
+    colour = False
+    if im.mode in WIDE_MODES:
+        a = np.asarray(im, dtype=np.float64)
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:  # one NaN would make the percentiles NaN and the image black
+            raise DataError(f"{path}: {bad} non-finite pixel(s) (NaN or inf) of {a.size}: expected finite values")
+        g = to_uint8(a, intensity)
+    elif im.mode in GRAY_MODES:
+        g = np.asarray(im if im.mode == "L" else im.convert("L"))
+    else:
+        rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+        if channels == 3:
+            return rgb, False
+        colour = not _equal_channels(rgb)
+        g = np.asarray(Image.fromarray(rgb).convert("L")) if colour else rgb[..., 0]
+    return (g if channels == 1 else np.repeat(g[..., None], 3, axis=-1)), colour
+
+
+def read_image(path: str | Path, channels: int, intensity: dict | None = None) -> np.ndarray:
+    """An image file decoded (decode_image); DataError naming the file when it cannot be read."""
+    return decode_image(_read(path), path, channels, intensity)[0]
+
+
+# ----------------------------------------------------------------------------- the one mask reading
+def _palette_is_grey(m: Image.Image) -> bool:
+    """Whether every entry of a P image's palette is grey (R = G = B): a grey mask stored with a palette (an
+    optimised PNG). The whole palette, not the entries a file uses: files sharing a palette read alike."""
+    pal = np.asarray(m.getpalette("RGB") or [0, 0, 0], np.int64).reshape(-1, 3)
+    return bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 0] == pal[:, 2]).all())
+
+
+def mask_codes(path: str | Path, shown: bool = False) -> np.ndarray:
+    """The one mask reading (data.py init learns the values from it, decode_mask maps them): a mask file ->
+    grey values [H,W] (uint8; uint16 / int32 for 16 / 32-bit) or colours uint8 [H,W,3]. 1-bit: 0 / 255. Alpha is
+    ignored (refused when only the alpha varies: the classes would be lost). Palette (P): its grey values when the
+    palette is grey, the colours it shows when `shown` (mask.colours, mask.threshold), else its index (a class-id
+    palette, as PASCAL VOC). DataError naming the file for a float mask."""
+    m = _read(path)
+    if m.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        a = np.asarray(m)
+        if a[..., -1].min() != a[..., -1].max() and a[..., :-1].min() == a[..., :-1].max():
+            raise DataError(f"{path}: a {m.mode} mask whose classes are only in its alpha (transparency) channel: "
+                            "expected them in its grey or colour values; save the alpha as a grey mask, e.g. "
+                            "PIL: Image.open(f).getchannel('A').save(f)")
+        m = m.convert("L" if m.mode in ("LA", "La") else "RGB")
+    if m.mode == "P":
+        grey = _palette_is_grey(m)
+        if not (grey or shown):
+            return np.asarray(m)  # the index is the class value
+        m = m.convert("L" if grey else "RGB")
+    if m.mode == "1":
+        return np.asarray(m.convert("L"))
+    if m.mode == "F":
+        raise DataError(f"{path}: a floating-point mask: expected integer class values (an 8- or 16-bit grey PNG)")
+    if m.mode in ("L",) + WIDE_MODES:
+        return np.asarray(m)
+    return np.asarray(m if m.mode == "RGB" else m.convert("RGB"))
 
 
 def _values(a: np.ndarray) -> str:
@@ -151,8 +244,9 @@ def _lookup(codes: np.ndarray, table: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode_mask(dataset: str, mask: np.ndarray) -> np.ndarray:
-    """Raw mask as np.asarray(PIL image) -> int64 class ids [H,W], by the spec's "mask" field (values,
-    colours or threshold; METHOD.md §5, docs/datasets.md). DataError (with the values) on anything unmapped."""
+    """A mask's codes (mask_codes: grey values [H,W] or colours [H,W,3]; a bool array counts as 0 / 255) ->
+    int64 class ids [H,W], by the spec's "mask" field (values, colours or threshold; METHOD.md §5,
+    docs/datasets.md). DataError (with the values) on anything unmapped."""
     p, a, name = spec(dataset), np.asarray(mask), display_name(dataset)
     if a.dtype == bool:  # PIL mode "1"
         a = a.astype(np.uint8) * 255
@@ -203,35 +297,36 @@ def encode_mask(dataset: str, label: np.ndarray) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=-1) if enc["stored"] == "rgb" else g  # rgb: equal channels, as the release
 
 
-def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """-> (image uint8 [H,W] (gray datasets) or [H,W,3], label int64 [H,W]) at native size; several
-    masks (BUSI) are unioned."""
+def read_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """load_case, plus whether the image was colour read as grey (data.py check notes it)."""
     p = spec(dataset)
     im = _read(image_path)
-    if p["in_channels"] == 3:
-        img = np.asarray(im.convert("RGB"))
-    else:  # gray; BUSI stores gray as RGB with equal channels: use one
-        img = np.asarray(im) if im.mode == "L" else np.asarray(im.convert("RGB"))[..., 0]
+    img, colour = decode_image(im, image_path, p["in_channels"], p["intensity"])
     if not mask_paths:
         raise DataError(f"{image_path}: no mask file given")
     label = None
     for mp in mask_paths:
         lab = _mask_file(dataset, mp, image_path, im.size)
         label = lab if label is None else np.maximum(label, lab)
-    return img, label
+    return img, label, colour
+
+
+def load_case(dataset: str, image_path: str, mask_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (image uint8 [H,W] (gray datasets) or [H,W,3], label int64 [H,W]) at native size (decode_image with the
+    set's channels and intensity rule; mask_codes + decode_mask); several masks (BUSI) are unioned."""
+    return read_case(dataset, image_path, mask_paths)[:2]
 
 
 def _mask_file(dataset: str, mask_path: str, image_path: str, size: tuple[int, int]) -> np.ndarray:
     """One mask file decoded to class ids [H,W]; DataError naming the file when it is unreadable, its size is not
     the image's (`size`, PIL's (W, H)), or it holds a value or colour outside the encoding."""
-    m = _read(mask_path)
-    if m.size != size:
-        raise DataError(f"{mask_path}: mask size {m.size[0]}x{m.size[1]} differs from image {image_path} "
+    shown = spec(dataset)["mask"]["kind"] != "values"  # colours and thresholds read what a palette shows
+    m = mask_codes(mask_path, shown)
+    if (m.shape[1], m.shape[0]) != tuple(size):
+        raise DataError(f"{mask_path}: mask size {m.shape[1]}x{m.shape[0]} differs from image {image_path} "
                         f"size {size[0]}x{size[1]}")
-    if m.mode not in ("1", "L", "RGB", "RGBA", "I;16", "I"):  # palette, LA, ...: decode the colours they show
-        m = m.convert("RGB")
     try:
-        return decode_mask(dataset, np.asarray(m))
+        return decode_mask(dataset, m)
     except DataError as e:
         raise DataError(f"{mask_path}: {e}") from None
 

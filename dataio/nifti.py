@@ -14,8 +14,9 @@ Geometry: every volume is first brought to its closest canonical orientation (RA
 towards the patient's Right, Anterior, Superior; nibabel's as_closest_canonical, oblique volumes to the nearest
 axes), so an LPS and a RAS copy of one scan give the same slices. The label must lie on the image's voxel grid:
 the same canonical shape and affine within AFFINE_TOL mm (a mirrored, shifted or resampled label is refused).
-Slices are cut along one canonical axis: with `--axis auto` (default) the one with the largest voxel spacing
-(the through-plane axis of an anisotropic scan; near-ties go to axial, then coronal), or the named plane
+Slices are cut along one canonical axis: with `--axis auto` (default) the axis of length 1 of a one-slice
+volume, else the one with the largest voxel spacing (the through-plane axis of an anisotropic scan; near-ties
+go to axial, then coronal), or the named plane
 (`sagittal` = axis 0, `coronal` = 1, `axial` = 2). Slice k of case c is written as `<out>/image/<c>_<k:03d>.png`
 and `<out>/mask/<c>_<k:03d>.png`, the PNG in radiological display (to_slices: superior / anterior up, the
 patient's right on the left).
@@ -30,13 +31,17 @@ mask.values); predict.py writes its NIfTI masks back in those values (0/1/7 in, 
 spacing, the slicing axis and plane, slice shape and spacing (mm: rows, columns, through-plane; evaluate.py
 --per-volume reads it for HD95/ASD in millimetres) and kept slices.
 Never half-written: every volume is read and checked and every slice written into a hidden folder beside
---out; only a complete set then replaces the split's image/, mask/ and volumes.json as a whole (slicing a split
-again leaves no stale slices). A split whose volumes.json names another intensity or axis rule is refused
-before anything is read.
+--out (.<split>.new); only a complete set then replaces the split's image/, mask/ and volumes.json as a whole
+(slicing a split again leaves no stale slices). The swap is journaled (.<split>.swap, written before the first
+rename): the next data.py slice into a split whose swap was killed finishes it, and removes a staging folder a
+killed run left. A split whose volumes.json names another intensity or axis rule is refused before anything is
+read. predict.py's masks are written to .<case>.part.nii.gz and renamed (dataio/atomic.py); a full disk or a
+read-only folder is one WriteError line naming the file, nothing partial left.
 
 nibabel is imported here only, when a NIfTI file is touched. Bad input is a one-line DataError (exit 2):
-an image without a label partner, two files of one case, a 2D or 4D volume, non-finite voxels (NaN, inf: the
-count is given), image and label grids that differ, non-integer labels, an --out that is a file.
+an image without a label partner, two files of one case, a broken symbolic link, a 2D or 4D volume, non-finite
+voxels (NaN, inf: the count is given), an affine holding NaN or singular, image and label grids that differ,
+non-integer labels, an --out that is a file.
 """
 from __future__ import annotations
 
@@ -44,12 +49,14 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
+from dataio.atomic import WriteError, part_name, save_png, write_atomic, write_text
 from dataio.spec import SLICE_AXES, DataError
 
 NII = (".nii.gz", ".nii")
@@ -78,8 +85,9 @@ def case_name(path: Path) -> str:
 
 
 def nifti_files(folder: Path) -> list[Path]:
-    """The .nii / .nii.gz files of a folder, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(NII)
+    """The .nii / .nii.gz files of a folder, sorted by name; a broken symbolic link is listed too (reading it is
+    then an error naming it: a volume is never dropped without a word)."""
+    return sorted(p for p in folder.iterdir() if not p.is_dir() and p.name.lower().endswith(NII)
                   and not p.name.startswith("."))
 
 
@@ -98,6 +106,8 @@ def load_volume(path: Path):
     """(array float32 [X,Y,Z] as stored, nibabel image) of a 3D NIfTI; a trailing axis of size 1 is dropped.
     DataError for an unreadable file, a volume that is not 3D, or non-finite voxels."""
     nib = _nib()
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path}: a broken symbolic link (its target {os.readlink(path)} does not exist)")
     try:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
@@ -123,9 +133,13 @@ def canonical(arr: np.ndarray, affine: np.ndarray, path: Path) -> tuple[np.ndarr
     """(array in the closest RAS+ orientation, its affine, the orientation `ornt` that did it): nibabel's
     as_closest_canonical on the array alone (a [X,Y,Z,1] header does not matter). from_canonical inverts it."""
     o = _nib().orientations
+    if not np.isfinite(affine).all():  # nibabel's SVD would fail with a LinAlgError
+        raise DataError(f"{path}: its affine (sform / qform) holds NaN or infinite entries: expected a valid affine; "
+                        "fix the header's voxel-to-world matrix")
     ornt = o.io_orientation(affine)
     if np.isnan(ornt).any():
-        raise DataError(f"{path}: its affine maps no voxel axis to space (a zero column?): expected a valid affine")
+        raise DataError(f"{path}: its affine is singular (a zero or repeated column maps no voxel axis to space): "
+                        "expected a valid affine")
     return o.apply_orientation(arr, ornt), affine @ o.inv_ornt_aff(ornt, arr.shape), ornt
 
 
@@ -142,11 +156,16 @@ def spacing(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
-def pick_axis(zooms, rule: str = "auto") -> int:
-    """The canonical axis to slice along: the named plane, or (auto) the largest spacing; spacings within 1 %
-    of the largest count as ties, won by the later axis (axial, then coronal: the usual plane of isotropic data)."""
+def pick_axis(zooms, rule: str = "auto", shape=None) -> int:
+    """The canonical axis to slice along: the named plane, or (auto) the axis of length 1 when the (canonical)
+    `shape` has one (a single slice is one 2D image, whatever its spacing), else the largest spacing; ties
+    (spacings within 1 % of the largest, or several axes of length 1) are won by the later axis (axial, then
+    coronal: the usual plane of isotropic data)."""
     if rule != "auto":
         return PLANES.index(rule)
+    flat = [a for a in range(3) if shape is not None and shape[a] == 1]
+    if len(flat) == 1:
+        return flat[0]
     top = max(zooms)
     return max(a for a in range(3) if zooms[a] >= 0.99 * top)
 
@@ -221,18 +240,55 @@ def _check_out(out: Path, rule: dict, axis: str) -> None:
                             "slice); slice into a new or empty folder")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace out/image, out/mask, out/volumes.json by tmp's as a whole (other files in out stay)."""
-    out.mkdir(parents=True, exist_ok=True)
-    old = out.parent / f".{out.name}.old{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    old.mkdir()
+def _beside(out: Path, what: str) -> Path:
+    """The hidden helpers of a split beside it: .<split>.new (the set being written), .<split>.old (the
+    previous set, set aside during the swap), .<split>.swap (the journal: the new set is complete, swap it in)."""
+    return out.parent / f".{out.name}.{what}"
+
+
+def _swap_in(out: Path) -> None:
+    """Replace out/image, out/mask, out/volumes.json by those of .<split>.new as a whole (other files in out
+    stay). The journal is written first: a run killed anywhere after it is finished by the next (_recover)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(_beside(out, "old"), ignore_errors=True)
+        write_text(_beside(out, "swap"), json.dumps({"replace": list(SET_FILES)}) + "\n")
+        _finish_swap(out)
+    except OSError as e:  # the journal stays: running the same command again finishes the swap
+        raise WriteError(f"--out {out}: cannot replace its slices ({e.strerror}); free the cause and run data.py "
+                         "slice again: it finishes this swap first") from None
+
+
+def _finish_swap(out: Path) -> None:
+    """Move each of SET_FILES still in .<split>.new into out (the old one aside first), then drop the journal and
+    the helpers. Every step can be repeated: a name still in .new has not been swapped in yet."""
+    new, old = _beside(out, "new"), _beside(out, "old")
+    old.mkdir(exist_ok=True)
     for name in SET_FILES:
-        if (out / name).exists():
-            os.replace(out / name, old / name)
-    for name in SET_FILES:
-        os.replace(tmp / name, out / name)
-    shutil.rmtree(old, ignore_errors=True)
+        if (new / name).exists():
+            if (out / name).exists():  # the previous set's: set aside, never mixed with the new one
+                shutil.rmtree(old / name, ignore_errors=True)
+                os.replace(out / name, old / name)
+            os.replace(new / name, out / name)
+    _beside(out, "swap").unlink()
+    for helper in (old, new):
+        shutil.rmtree(helper, ignore_errors=True)
+
+
+def _recover(out: Path) -> None:
+    """What a killed data.py slice left beside `out`: a journal -> its complete set is swapped in (said on
+    stderr); a half-written .new or a set-aside .old without one -> removed (the split itself is whole)."""
+    if _beside(out, "swap").is_file():
+        try:
+            _finish_swap(out)
+        except OSError as e:
+            raise WriteError(f"--out {out}: a killed data.py slice left a half-done swap that cannot be finished "
+                             f"({e.strerror}); fix that and run it again") from None
+        print(f"note: {out}: finished swapping in the slices of an earlier data.py slice that was killed",
+              file=sys.stderr)
+    for helper in [_beside(out, "new"), _beside(out, "old"), *out.parent.glob(f".{out.name}.tmp[0-9]*")]:
+        shutil.rmtree(helper, ignore_errors=True)  # (.tmp<pid>: staging folders of earlier versions)
+    part_name(_beside(out, "swap")).unlink(missing_ok=True)  # a journal killed before its rename: never begun
 
 
 def _labelled_volume(ip: Path, lp: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
@@ -260,9 +316,11 @@ def slice_set(images: Path, labels: Path, out: Path, rule: dict | None = None, s
     rule = dict(rule or DEFAULT_INTENSITY)
     if axis not in SLICE_AXES:
         raise DataError(f"--axis {axis}: expected one of {', '.join(SLICE_AXES)}")
+    if out.parent.is_dir():  # first: whatever else this run says, a killed run's swap is finished or cleaned
+        _recover(out)
     todo = pairs(images, labels)
     _check_out(out, rule, axis)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    tmp = _beside(out, "new")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "image").mkdir(parents=True)
@@ -272,28 +330,34 @@ def slice_set(images: Path, labels: Path, out: Path, rule: dict | None = None, s
     try:
         cases = {}
         for case, ip, lp in todo:
-            vol_c, lab_c, aff_c, img = _labelled_volume(ip, lp)
-            zooms = spacing(aff_c)
-            k = pick_axis(zooms, axis)
-            u8 = to_uint8(vol_c, rule)
-            ims, masks = to_slices(u8, k), to_slices(lab_c, k)
-            kept = [s for s in range(len(ims)) if not skip_empty or masks[s].any()]
-            for s in kept:
-                Image.fromarray(ims[s]).save(tmp / "image" / f"{case}_{s:03d}.png")
-                Image.fromarray(masks[s]).save(tmp / "mask" / f"{case}_{s:03d}.png")
-            row, col = in_plane(k)
-            cases[case] = dict(image=ip.name, label=lp.name, shape=list(img.shape[:3]),
-                               affine=np.asarray(img.affine).tolist(),
-                               orientation="".join(_nib().aff2axcodes(img.affine)),
-                               spacing=[float(z) for z in spacing(img.affine)], canonical_shape=list(vol_c.shape),
-                               slice_axis=k, plane=PLANES[k], slice_shape=[vol_c.shape[row], vol_c.shape[col]],
-                               slice_spacing=[float(zooms[row]), float(zooms[col]), float(zooms[k])], slices=kept)
+            cases[case] = _slice_volume(case, ip, lp, rule, axis, skip_empty, tmp, out)
         geo = dict(intensity=rule, axis=axis, cases=cases)
-        (tmp / "volumes.json").write_text(json.dumps(geo, indent=1))
-        _swap_in(tmp, out)
+        write_text(tmp / "volumes.json", json.dumps(geo, indent=1), out / "volumes.json")
+        _swap_in(out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not _beside(out, "swap").exists():  # a journal means the staged set is complete: kept to finish
+            shutil.rmtree(tmp, ignore_errors=True)
     return geo
+
+
+def _slice_volume(case: str, ip: Path, lp: Path, rule: dict, axis: str, skip_empty: bool, tmp: Path,
+                  out: Path) -> dict:
+    """Write one labelled volume's slices into the staging folder `tmp`; returns its volumes.json entry."""
+    vol_c, lab_c, aff_c, img = _labelled_volume(ip, lp)
+    zooms = spacing(aff_c)
+    k = pick_axis(zooms, axis, vol_c.shape)
+    ims, masks = to_slices(to_uint8(vol_c, rule), k), to_slices(lab_c, k)
+    kept = [s for s in range(len(ims)) if not skip_empty or masks[s].any()]
+    for s in kept:
+        for sub, arr in (("image", ims[s]), ("mask", masks[s])):
+            name = f"{sub}/{case}_{s:03d}.png"
+            save_png(tmp / name, arr, out / name)  # a full disk: one line naming the file, the split unchanged
+    row, col = in_plane(k)
+    return dict(image=ip.name, label=lp.name, shape=list(img.shape[:3]), affine=np.asarray(img.affine).tolist(),
+                orientation="".join(_nib().aff2axcodes(img.affine)), spacing=[float(z) for z in spacing(img.affine)],
+                canonical_shape=list(vol_c.shape), slice_axis=k, plane=PLANES[k],
+                slice_shape=[vol_c.shape[row], vol_c.shape[col]],
+                slice_spacing=[float(zooms[row]), float(zooms[col]), float(zooms[k])], slices=kept)
 
 
 def segment_volume(path: Path, out: Path, predict_slices: Callable, in_channels: int, rule: dict | None,
@@ -306,7 +370,7 @@ def segment_volume(path: Path, out: Path, predict_slices: Callable, in_channels:
     nib = _nib()
     vol, img = load_volume(path)
     vol_c, aff_c, ornt = canonical(vol, img.affine, path)
-    k = pick_axis(spacing(aff_c), axis)
+    k = pick_axis(spacing(aff_c), axis, vol_c.shape)
     u8 = to_uint8(vol_c, rule)  # the training slices' rule, carried by the checkpoint's dataset description
     seg = from_canonical(from_slices(predict_slices(to_slices(u8, k), in_channels), k), ornt)  # [X,Y,Z] as stored
     if values is not None:
@@ -320,7 +384,6 @@ def segment_volume(path: Path, out: Path, predict_slices: Callable, in_channels:
     header["cal_min"], header["cal_max"] = 0, 0  # the image's display window means nothing for a mask
     target = target or out / f"{case_name(path)}.nii.gz"
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name[:-len('.nii.gz')]}.part.nii.gz")  # nibabel picks the format by suffix
-    nib.save(type(img)(seg, img.affine, header), str(part))
-    os.replace(part, target)  # a killed run leaves no half-written mask under the final name
-    return target
+    # .<case>.part.nii.gz, then renamed: a killed run leaves no half-written mask under the final name, a full
+    # disk no .part file (WriteError)
+    return write_atomic(target, lambda part: nib.save(type(img)(seg, img.affine, header), str(part)))
