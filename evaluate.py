@@ -59,13 +59,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 import data
@@ -74,7 +74,9 @@ from metrics import METRICS, case_metrics
 from predict import EvalError, OneLineParser, amp_dtype, cli_main, pick_device, which_models
 from records.checkpoint import build_students, checkpoint_path, load_checkpoint, predict
 from records.plots import overlay, plot_curves
+from records import paper
 from records.tables import aggregate, aggregate_runs, format_table
+from synfoc import uses
 
 # -----------------------------------------------------------------------------
 # checkpoint, data root, models
@@ -204,7 +206,7 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
                     drawn[(name, dom)] = drawn.get((name, dom), 0) + 1
                     overlay_dir.mkdir(parents=True, exist_ok=True)
                     pic = overlay(_to_uint8(b["img_unet"][i]), pred[i], gts[i], parts)
-                    Image.fromarray(pic).save(overlay_dir / f"{name}_{domains[dom - 1]}_{stem}.png")
+                    data.save_png(overlay_dir / f"{name}_{domains[dom - 1]}_{stem}.png", pic)  # whole or absent
         bar.update(len(gts))
         seen += len(gts)
     flush()
@@ -232,8 +234,9 @@ def evaluate_students(run, cases: list, cfg: dict) -> dict[str, dict[int, float]
     models = {n: m for n, m in (("unet", run.unet), ("medsam", run.sam)) if m is not None}
     for m in models.values():
         m.eval()
+    # fp32 whatever the training precision: the authors' test() runs outside their autocast
     _, summaries = evaluate_cases(models, cfg["dataset"], cases, cfg, run.device,
-                                  batch_size=max(cfg["batch"]), workers=cfg["workers"], amp=run.amp_dtype)
+                                  batch_size=max(cfg["batch"]), workers=cfg["workers"], amp=None)
     for m in models.values():
         m.train()
     domains = data.spec(cfg["dataset"])["domains"]
@@ -253,7 +256,7 @@ TITLES = {"medsam": "SynFoC student MedSAM", "unet": "SynFoC student U-Net"}
 
 
 def write_results(out: Path, ck_path: Path, ck: dict, root: Path, split: str, rows: list[dict],
-                  summaries: dict, volumes: dict | None = None) -> str:
+                  summaries: dict, volumes: dict | None = None, limit: int | None = None) -> str:
     """results.json, table.md and per_case.csv in `out` (volumes: {model: per-volume summary} or None);
     returns the table text."""
     cfg = ck["config"]
@@ -272,20 +275,20 @@ def write_results(out: Path, ck_path: Path, ck: dict, root: Path, split: str, ro
         note += ("Per volume: the slices of each case stacked in slice order, 3D metrics with HD95 and ASD in "
                  f"{vunit} (volumes.json of data.py slice, else spacing 1); mean over volumes per domain, then over domains. Number of volumes in "
                  "parentheses.\n")
-    (out / "table.md").write_text(table + "\n" + note)
+    data.write_text(out / "table.md", table + "\n" + note)  # every output whole or absent (dataio/atomic.py)
     models = {n: dict(s, headline_dice=s["mean"]["dice"]) for n, s in summaries.items()}
     for n, s in (volumes or {}).items():
         models[n]["per_volume"] = dict(s, headline_dice=s["mean"]["dice"], units=f"hd95 and asd in {vunit}")
     res = dict(checkpoint=str(ck_path), step=ck.get("step"), dataset=cfg["dataset"], labeled_domain=cfg.get("domain"),
-               split=split, data_root=str(root), unet_size=cfg["unet_size"], parts=cfg["part_names"],
+               split=split, limit=limit, data_root=str(root), unet_size=cfg["unet_size"], parts=cfg["part_names"],
                units="dice and jaccard are fractions in [0, 1]; hd95 and asd are in pixels", models=models)
-    (out / "results.json").write_text(json.dumps(res, indent=2))
-    with open(out / "per_case.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "domain", "name", "part", *METRICS, "level"])
-        for r in rows:
-            w.writerow([r["model"], r["domain"], r["name"], r["part"], *(repr(float(r[m])) for m in METRICS),
-                        r["level"]])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["model", "domain", "name", "part", *METRICS, "level"])
+    for r in rows:
+        w.writerow([r["model"], r["domain"], r["name"], r["part"], *(repr(float(r[m])) for m in METRICS), r["level"]])
+    data.write_text(out / "per_case.csv", buf.getvalue())
+    data.write_text(out / "results.json", json.dumps(res, indent=2))  # last: evaluated() reuses a complete folder
     return table + "\n" + note
 
 
@@ -318,8 +321,8 @@ def write_runs(out: Path, ck_paths: list[Path], cks: list[dict], split: str, per
             "(DSC and Jaccard in %, HD95 and ASD in pixels, or voxels per volume).\n")
     out.mkdir(parents=True, exist_ok=True)
     table = "\n".join(tables)
-    (out / "table.md").write_text(table + "\n" + note)
-    (out / "results.json").write_text(json.dumps(dict(runs=[str(p) for p in ck_paths], n_runs=n, split=split,
+    data.write_text(out / "table.md", table + "\n" + note)
+    data.write_text(out / "results.json", json.dumps(dict(runs=[str(p) for p in ck_paths], n_runs=n, split=split,
                                                       dataset=cfg["dataset"], parts=cfg["part_names"], models=res),
                                                  indent=2))
     return table + "\n" + note
@@ -333,10 +336,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="evaluate.py",
                       description="Evaluate SynFoC checkpoints on every domain (paper Tables 3-6), per slice and "
                                   "per volume, as mean ± std over several runs. See the module docstring.")
-    p.add_argument("checkpoint", nargs="+", help="checkpoint written by train.py (last.pt / best_test_selected.pt) "
-                                                 "or its run folder; several: mean ± std over the runs")
+    p.add_argument("checkpoint", nargs="+", help="checkpoint written by train.py (last.pt / "
+                                                 "best_test_selected_<student>.pt) or its run folder (its last.pt); "
+                                                 "several: mean ± std over the runs")
     p.add_argument("--model", choices=["medsam", "unet", "both"], default=None,
-                   help="which student to run (default: medsam, the one the paper reports; unet if the run has no SAM)")
+                   help="which student to run (default: every student the checkpoint has; the paper reports both)")
+    p.add_argument("--paper-table", action="store_true",
+                   help="the arguments are run folders, one per labeled domain: the paper's Table 3-6 layout, both "
+                        "students test-selected (best_test_selected_<student>.pt, the paper's protocol) and at the "
+                        "last step, the paper's numbers beside them; evaluations already written are reused")
     p.add_argument("--data-root", help="folder holding the dataset folder, e.g. data for data/Fundus "
                                        "(default: the one recorded in the checkpoint)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split of every domain (default test)")
@@ -353,9 +361,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=4, help="test images per forward pass (default 4)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default: 4 on CUDA, 0 on CPU)")
-    p.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
-                   help="autocast for the forward passes; auto = the training setting on CUDA, on a CPU bf16 only "
-                        "where it is native and the run trained in bf16, else off (default auto)")
+    p.add_argument("--amp", choices=list(AMP_CHOICES), default="off",
+                   help="autocast for the forward passes: off = fp32, as the authors' test (default); auto = the "
+                        "training setting on CUDA, on a CPU bf16 only where it is native and the run trained in bf16")
     a = p.parse_args(argv)
     for flag in ("limit", "batch_size"):
         v = getattr(a, flag)
@@ -374,7 +382,8 @@ def evaluate_one(a: argparse.Namespace, ck_path: Path, out: Path | None) -> tupl
     if a.per_volume and data.spec(cfg["dataset"])["volume_rule"] is None:
         raise EvalError(f"--per-volume: {ck_path} is a {data.display_name(cfg['dataset'])} run; volumes exist for "
                         "prostate and mnms and sets with a \"volume_rule\" (data.py slice writes them)")
-    want = which_models(ck, a.model)
+    every = ck.get("sam") is not None and ck.get("unet") is not None
+    want = which_models(ck, a.model or ("both" if every else None))
     device = pick_device(a.device)
     amp = amp_dtype(a.amp, cfg, device)
     workers = a.workers if a.workers is not None else (4 if device.type == "cuda" else 0)
@@ -391,10 +400,49 @@ def evaluate_one(a: argparse.Namespace, ck_path: Path, out: Path | None) -> tupl
         raise data.DataError(f"{e} (the checkpoint was trained on {cfg['dataset']})") from None
     volumes = ({n: summarize(rows, n, cfg["dataset"], cfg["part_names"], "volume") for n in models}
                if a.per_volume else None)
-    text = write_results(out, ck_path, ck, root, a.split, rows, summaries, volumes)
+    text = write_results(out, ck_path, ck, root, a.split, rows, summaries, volumes, a.limit)
     print(f"wrote {out / 'results.json'}, table.md, per_case.csv" + (", overlays/" if a.overlays else ""))
     levels = {n: {"slice": s, **({"volume": volumes[n]} if volumes else {})} for n, s in summaries.items()}
     return ck, text, levels
+
+
+def evaluated(a: argparse.Namespace, ck_path: Path, model: str) -> tuple[dict, int]:
+    """(the slice-level summary of `model`, the checkpoint's step): from the results.json this file wrote
+    before for the same checkpoint (same step, split and --limit) when there is one, else evaluated now."""
+    f = ck_path.parent / f"eval_{ck_path.stem}" / "results.json"
+    if f.is_file() and f.stat().st_mtime >= ck_path.stat().st_mtime:
+        res = json.loads(f.read_text())
+        m = res.get("models", {}).get(model)
+        if m and res.get("split") == a.split and res.get("limit") == a.limit and res.get("checkpoint") == str(ck_path):
+            return {"domains": m["domains"], "mean": m["mean"]}, res["step"]
+    ck, _, levels = evaluate_one(argparse.Namespace(**{**vars(a), "model": "both" if ck_path.stem == "last" else model,
+                                                       "per_volume": False, "overlays": 0}), ck_path, None)
+    return levels[model]["slice"], ck["step"]
+
+
+def paper_runs(a: argparse.Namespace) -> list[dict]:
+    """records/paper.table's input from the run folders given: each student's test-selected and last evaluation."""
+    runs = []
+    for given in a.checkpoint:
+        folder = Path(given) if Path(given).is_dir() else Path(given).parent
+        cfg = load_checkpoint(folder / "last.pt")["config"]
+        students = {}
+        for s in [s for s, k in (("unet", "unet"), ("medsam", "sam")) if uses(cfg)[k == "sam"]]:
+            sel = folder / f"best_test_selected_{s}.pt"
+            if not sel.is_file():
+                raise EvalError(f"--paper-table: {folder} has no {sel.name} (train.py writes one per student since "
+                                "2026-12-07; an older run kept best_test_selected.pt, selected by MedSAM only)")
+            (selected, t_sel), (last, t_last) = evaluated(a, sel, s), evaluated(a, folder / "last.pt", s)
+            students[s] = dict(selected=selected, selected_step=t_sel, last=last, last_step=t_last)
+        runs.append(dict(config=cfg, students=students, path=str(folder)))
+    first = runs[0]["config"]
+    for r in runs[1:]:
+        c = r["config"]
+        if (c["dataset"], c.get("mode"), c.get("labeled"), c.get("labeled_ratio")) != \
+                (first["dataset"], first.get("mode"), first.get("labeled"), first.get("labeled_ratio")):
+            raise EvalError(f"--paper-table: {r['path']} and {runs[0]['path']} differ in dataset, mode or labeled "
+                            "count: a table is one setting, one run per labeled domain")
+    return runs
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -410,6 +458,19 @@ def run(argv: list[str] | None = None) -> int:
             if not (folder / "metrics.csv").is_file():
                 raise EvalError(f"--curves: {folder} has no metrics.csv (expected a run folder written by train.py)")
             print(f"wrote {plot_curves(folder)}")
+        return 0
+    if a.paper_table:
+        runs = paper_runs(a)
+        try:
+            text, res = paper.table(runs)
+        except ValueError as e:  # two runs of one labeled domain
+            raise EvalError(f"--paper-table: {e}") from None
+        out = Path(a.out) if a.out else Path(runs[0]["path"]).parent / f"paper_table_{Path(runs[0]['config']['dataset']).name}"
+        out.mkdir(parents=True, exist_ok=True)
+        data.write_text(out / "table.md", text)
+        data.write_text(out / "results.json", json.dumps(res, indent=2))
+        print(text)
+        print(f"wrote {out / 'table.md'}, results.json")
         return 0
     ck_paths = [checkpoint_path(c) for c in a.checkpoint]
     if len(ck_paths) == 1:

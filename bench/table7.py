@@ -189,7 +189,7 @@ def over_seeds(per_seed: dict[int, dict[str, float]]) -> tuple[dict[str, float],
 
 def best_evaluated(folder: Path, model: str) -> float:
     """The highest mean-over-domains test Dice of one student over the run's evaluations (evals.csv): the
-    test-selected number of the authors' protocol, taken per student (best_test_selected.pt follows the SAM)."""
+    test-selected number of the authors' protocol, taken per student (train.py's best_test_selected_<student>.pt)."""
     per_domain = [dice for key, (_, dice) in plots.read_evals(folder / "evals.csv").items()
                   if key.split(" ", 1)[0] == model]                        # [domains][evaluations], in %
     return max(sum(col) / len(col) for col in zip(*per_domain)) / 100

@@ -35,15 +35,17 @@ DEFAULT_VOLUME_RULE = r"(.+)_(\d+)"  # data.py slice names slices <case>_<slice>
 # Training defaults a description may set under "train" (type check, allowed choices or None).
 TRAIN_FIELDS: dict[str, tuple[type | tuple, tuple | None]] = {
     "steps": (int, None), "labeled": ((int, type(None)), None), "labeled_ratio": ((float, int, type(None)), None),
-    "batch": (list, None), "burn_in": (int, None), "burn_in_frac": ((float, int), None), "unet_width": (int, None),
+    "batch": ((list, type(None)), None), "burn_in": (int, None), "burn_in_frac": ((float, int), None), "unet_width": (int, None),
     "unet_layer": (str, ("batch", "group")), "unet_norm": (str, ("unit", "minmax", "zscore")),
     "sam": (str, ("medsam", "litemedsam", "tiny")), "lite_size": (int, None), "sam_norm": (str, ("unit", "minmax")),
     "head_init": (str, ("random", "pretrained")), "amp": ((str, type(None)), ("auto", "off", "fp16", "bf16", None)),
-    "eval_every": (int, None), "lr_sam": ((float, int), None), "ema": ((float, int), None),
+    "eval_every": (int, None), "lr_sam": ((float, int), None), "ema": ((float, int), None), "seed": (int, None),
     "test_limit": ((int, type(None)), None), "n_train": (int, None), "n_test": (int, None)}
-# The paper's settings (GPU): what a description without "train" gets.
-PAPER_TRAIN = dict(steps=30000, labeled=20, labeled_ratio=None, batch=[4, 4], unet_width=64, sam="medsam", amp="auto",
-                   eval_every=1000, test_limit=None)
+# The paper's settings (GPU), as the authors' code/train.py runs them (METHOD.md §8, the protocol table): what a
+# description without "train" gets. batch None = the authors' rule (train.py authors_batch): 2 + 2 when fewer than
+# 8 images are labeled, else 4 + 4; both students evaluated every 500 steps (their --num_eval_iter); seed 1337.
+PAPER_TRAIN = dict(steps=30000, labeled=20, labeled_ratio=None, batch=None, unet_width=64, sam="medsam", amp="auto",
+                   eval_every=500, test_limit=None, seed=1337)
 FIELDS = ("name", "folder", "domains", "classes", "mask", "parts", "channels", "unet_size", "split", "split_seed",
           "images", "masks", "image_ext", "mask_suffix", "extra_masks", "volume_rule", "intensity", "slice_axis",
           "strong_range", "train")
@@ -58,7 +60,7 @@ DESCRIPTIONS: dict[str, dict] = {
                      unet_size=384, volume_rule=r"(\d+)_(\d+)", train=dict(steps=60000, labeled=20)),
     "mnms": dict(folder="mnms", domains=[f"vendor{v}" for v in "ABCD"], classes=["background", "LV", "MYO", "RV"],
                  mask={"colours": {"#000000": 0, "#ff0000": 1, "#00ff00": 2, "#0000ff": 3}}, channels=1,
-                 unet_size=288, volume_rule=r"(\d{3})(\d{3})", train=dict(steps=60000, labeled=5, batch=[2, 2])),
+                 unet_size=288, volume_rule=r"(\d{3})(\d{3})", train=dict(steps=60000, labeled=5)),
     "busi": dict(folder="Dataset_BUSI_with_GT", domains=["benign", "malignant"], classes=["background", "lesion"],
                  mask={"threshold": 128}, channels=1, unet_size=256, split="string_order", images=".", masks=".",
                  mask_suffix="_mask", extra_masks=True, train=dict(steps=30000, labeled=None, labeled_ratio=0.125)),
@@ -69,7 +71,17 @@ DESCRIPTIONS: dict[str, dict] = {
     "synthetic": dict(_FUNDUS, folder="synthetic", unet_size=128, train=dict(
         steps=400, burn_in_frac=0.3, labeled=10, batch=[1, 1], unet_width=16, unet_layer="group", sam="litemedsam",
         lite_size=64, sam_norm="minmax", head_init="random", amp="auto", eval_every=100, lr_sam=1e-4, ema=0.99,
-        n_train=40, n_test=16)),
+        seed=0, n_train=40, n_test=16)),
+}
+
+# Where the public presets' data comes from, as the authors' README lists it (train.py names it for a missing folder).
+DOWNLOADS = {
+    "prostate": "https://pan.baidu.com/s/1LO2weT01DosfGb3GKLoOvA (extraction code 4no2; the authors' 2D slices of the "
+                "SAML multi-site data, liuquande.github.io/SAML)",
+    "fundus": "https://drive.google.com/file/d/1p33nsWQaiZMAgsruDoJLyatoq5XAH-TH/view (the DoFE archive)",
+    "mnms": "https://pan.baidu.com/s/1EG1RTIHcJmuzApd8_jvL6w (extraction code cdbs; the authors' 2D slices of the "
+            "M&Ms challenge data, www.ub.edu/mnms)",
+    "busi": "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset (Dataset_BUSI_with_GT)",
 }
 
 
@@ -191,7 +203,8 @@ def _train(raw: dict, source: str) -> dict:
         if (isinstance(v, bool) or not isinstance(v, kinds)) or (choices is not None and v not in choices):
             want = f"one of {', '.join(map(str, choices))}" if choices else _kind_name(kind)
             raise _fail(source, f"train.{k}", f"expected {want}, got {json.dumps(v)}")
-        if k == "batch" and (len(v) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in v)):
+        if k == "batch" and v is not None and (len(v) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                                                                   for b in v)):
             raise _fail(source, "train.batch", f"expected [labeled, unlabeled] sizes >= 1, got {json.dumps(v)}")
         out[k] = v
     if "labeled_ratio" in tr and "labeled" not in tr:
@@ -253,7 +266,7 @@ def validate(raw: Any, source: str) -> dict:
     if split != "folders" and spec["images"] == spec["masks"] and not spec["mask_suffix"]:
         raise _fail(source, "mask_suffix", "images and masks share one folder: a mask suffix (e.g. \"_mask\") "
                                            "tells them apart")
-    spec.update({k: (tuple(v) if k == "batch" else v) for k, v in tr.items()})
+    spec.update({k: (tuple(v) if k == "batch" and v is not None else v) for k, v in tr.items()})
     return spec
 
 

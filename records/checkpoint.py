@@ -7,8 +7,8 @@
 
 Shared by train.py (periodic evaluation, resume), evaluate.py, predict.py and the benchmarks; the models of a
 config come from synfoc.build_models (the same code train.py builds its students with). A checkpoint is a plain dict
-(torch.load(p, weights_only=True)): format, step, config, best_dice, unet, unet_ema, sam, sam_ema
-(SAM: only its trainable tensors), opt_unet, opt_sam, scaler, rng.
+(torch.load(p, weights_only=True)): format, step, config, best ({student: [its best mean test Dice, that step]}),
+unet, unet_ema, sam, sam_ema (SAM: only its trainable tensors), opt_unet, opt_sam, scaler, rng.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def checkpoint_path(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A SynFoC checkpoint dict (train.py's last.pt / best_test_selected.pt), loaded with weights_only=True;
+    """A SynFoC checkpoint dict (train.py's last.pt / best_test_selected_<student>.pt), loaded with weights_only=True;
     a run folder means its last.pt. CheckpointError (one line) when it is missing, corrupt or not ours."""
     path = checkpoint_path(path)
     if not path.is_file():

@@ -10,13 +10,13 @@ closing summary, and with --tensorboard the same numbers plus pictures as Tensor
     reference_line(cfg)                             # the same budget's baselines (bench/table7.py) or ""
     tb = TBLog(out); tb.scalars(...); tb.dice(...); tb.pictures(step, run, test_cases, ub); tb.close()
 
-metrics.csv: step, METRIC_NAMES, s_per_step (the columns are listed in train.py's docstring); evals.csv:
+metrics.csv: step, METRIC_NAMES, s_per_step, peak_mem_gib (CUDA; the columns are listed in train.py's docstring); evals.csv:
 step, model, domain, dice. Only rank 0 writes under torchrun (enabled=False elsewhere).
 
 TensorBoard (`python train.py ... --tensorboard`; `tensorboard --logdir runs/` shows every run folder's tb/):
    Written to <run folder>/tb/ by rank 0:
        train/<name>               every metrics.csv column (loss, L_x, L_u, L_c, L_d, lambda, alpha, phi_self, phi_mut,
-                                  mask_ratio, dice_*_teacher, dice_ensemble, s_per_step), every --log-every steps
+                                  mask_ratio, dice_*_teacher, dice_ensemble, s_per_step, peak_mem_gib), every --log-every steps
        test_dice/<model>/<domain> each student's mean test Dice per domain at every evaluation (+ .../mean)
        test/<domain>/<name>       at every evaluation, one test image of each of up to 4 domains as one strip:
                                   image | ground truth | SAM student | U-Net student (classes painted translucent);
@@ -75,15 +75,22 @@ class Log:
         if not self.enabled:
             return
         new = not path.exists()
+        if not new:  # a run resumed from a version with fewer columns keeps its file's columns
+            with open(path, newline="") as f:
+                have = next(csv.reader(f), header)
+            if have != header and set(have) <= set(header):
+                rows = [[dict(zip(header, r))[k] for k in have] for r in rows]
         with open(path, "a", newline="") as f:
             w = csv.writer(f)
             if new:
                 w.writerow(header)
             w.writerows(rows)
 
-    def row(self, step: int, values: dict, sec: float) -> None:
-        self._append(self.csv, ["step", *METRIC_NAMES, "s_per_step"],
-                     [[step, *(f"{values[k]:.6g}" for k in METRIC_NAMES), f"{sec:.3g}"]])
+    def row(self, step: int, values: dict, sec: float, mem_gib: float | None = None) -> None:
+        """mem_gib: the peak allocated GPU memory so far (torch.cuda.max_memory_allocated); nan on a CPU."""
+        self._append(self.csv, ["step", *METRIC_NAMES, "s_per_step", "peak_mem_gib"],
+                     [[step, *(f"{values[k]:.6g}" for k in METRIC_NAMES), f"{sec:.3g}",
+                       "nan" if mem_gib is None else f"{mem_gib:.3g}"]])
 
     def eval_rows(self, step: int, res: dict[str, dict[int, float]], domains: list[str]) -> None:
         self._append(self.evals, ["step", "model", "domain", "dice"],
@@ -169,8 +176,9 @@ class TBLog:
         self.w = writer(out)
         self.shown: list | None = None  # the test cases drawn, chosen at the first evaluation
 
-    def scalars(self, step: int, values: dict[str, float], sec: float) -> None:
-        for k, v in {**values, "s_per_step": sec}.items():
+    def scalars(self, step: int, values: dict[str, float], sec: float, mem_gib: float | None = None) -> None:
+        """Every metrics.csv column (peak_mem_gib: NaN on a CPU, as in the CSV)."""
+        for k, v in {**values, "s_per_step": sec, "peak_mem_gib": float("nan") if mem_gib is None else mem_gib}.items():
             self.w.add_scalar(f"train/{k}", float(v), step)
 
     def dice(self, step: int, res: dict[str, dict[int, float]], domains: list[str]) -> None:

@@ -19,8 +19,8 @@ from records.checkpoint import TINY_SAM  # noqa: E402
 from medsam_lora import build_sam  # noqa: E402
 
 cuda = pytest.mark.cuda  # tests/conftest.py skips it without a GPU; bench/gpu_check.sh runs -m cuda
-FIELDS = ["config", "device", "capability", "amp", "s/step", "images/s", "peak memory", "FLOPs/step", "TFLOP/s",
-          "fraction of peak", "split", "json"]
+FIELDS = ["config", "device", "capability", "amp", "s/step", "images/s", "peak memory", "memory estimate",
+          "FLOPs/step", "TFLOP/s", "fraction of peak", "split", "json"]
 
 
 def parse(text: str) -> dict[str, str]:
@@ -80,6 +80,8 @@ def test_reduced_cpu_run_prints_parsable_fields(capsys):
     assert f"fundus | tiny ViT 64 | U-Net 8 @ 64 | batch 1+1 | amp {amp}" in fields["config"]
     assert fields["amp"] == f"{amp} ({why})" and fields["capability"] == speedups.capability_line("cpu")
     assert fields["device"] == "cpu" and fields["peak memory"] == "n/a"
+    est = js["memory estimate GiB"]  # the step's bytes, counted: the state (weights...) and more at the peak
+    assert number(fields["memory estimate"]) == pytest.approx(est["peak"], rel=1e-3) and est["peak"] > est["state"] > 0
     assert fields["fraction of peak"].startswith("n/a")
     s, ips, flops, tf = (number(fields[k]) for k in ("s/step", "images/s", "FLOPs/step", "TFLOP/s"))
     assert s > 0 and ips == pytest.approx(2 / s, rel=1e-3)

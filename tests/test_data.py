@@ -54,7 +54,8 @@ def test_presets_contract():
         assert keys <= set(p), name
         assert len(p["class_names"]) == p["num_classes"] and len(p["parts"]) == len(p["part_names"])
     assert data.PRESETS["fundus"]["parts"] == [(1,), (1, 2)]
-    assert data.PRESETS["mnms"]["batch"] == (2, 2) and data.PRESETS["busi"]["labeled_ratio"] == 0.125
+    assert data.PRESETS["mnms"]["labeled"] == 5 and data.PRESETS["mnms"]["batch"] is None  # the authors' batch rule
+    assert data.PRESETS["busi"]["labeled_ratio"] == 0.125
     assert [data.PRESETS[k]["unet_size"] for k in ("fundus", "prostate", "mnms", "busi")] == [256, 384, 288, 256]
     syn = data.PRESETS["synthetic"]
     # the CPU preset: batches below 2 only with GroupNorm (BatchNorm statistics need batches), the burn-in leaves

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from records import checkpoint
 import losses
-from records import runlog
+import medsam_lora
 import synfoc
 import train
+from dataio.spec import DOWNLOADS
+from records import checkpoint, runlog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,12 +62,15 @@ def test_run_folder_contents(shared_data, tmp_path):
     ck = load(run / "last.pt")
     assert ck["format"] == train.CKPT_FORMAT and ck["step"] == 2
     assert set(ck) >= {"unet", "unet_ema", "sam", "sam_ema", "opt_unet", "opt_sam", "scaler", "rng", "config"}
-    assert (run / "best_test_selected.pt").exists()
+    for student in ("unet", "medsam"):  # each student's own test-selected step (the authors' protocol)
+        best = load(run / f"best_test_selected_{student}.pt")
+        assert best["best"][student][1] == best["step"] and best["step"] in (1, 2)
     log = (run / "log.txt").read_text()
     assert "test Dice per domain" in log and "Domain4" in log
+    assert "test-selected" in log and "unet " in log.split("test-selected")[-1] and "best_test_selected_<student>.pt" in log
     assert (run / "curves.png").stat().st_size > 1000
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header == ["step", *runlog.METRIC_NAMES, "s_per_step"]
+    assert header == ["step", *runlog.METRIC_NAMES, "s_per_step", "peak_mem_gib"]
     with open(run / "evals.csv") as f:
         evals = list(csv.DictReader(f))
     assert {(r["step"], r["model"]) for r in evals} == {("2", "unet"), ("2", "medsam")}
@@ -172,6 +176,11 @@ def test_cli_errors_are_one_line(shared_data, tmp_path, capsys):
     err = main_err("--dataset", "fundus", "--sam", "medsam", "--sam-ckpt", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "x"))
     assert "nope.pth" in err and "litemedsam" in err
     assert not (tmp_path / "x").exists()
+    # every missing prerequisite in the one message, each with where to get it: the weights and the data folder
+    err = main_err("--dataset", "fundus", "--sam-ckpt", str(tmp_path / "nope.pth"), "--data-root", str(tmp_path / "no"),
+                   "--out", str(tmp_path / "x"))
+    assert "2 prerequisite(s) missing" in err and "nope.pth" in err and medsam_lora.MEDSAM_MD5 in err
+    assert str(tmp_path / "no" / "Fundus") in err and DOWNLOADS["fundus"].split()[0] in err
     assert "missing" in main_err("--dataset", "prostate", "--sam", "tiny", "--data-root", str(tmp_path / "missing"),
                                  "--out", str(tmp_path / "y"))
     assert "--steps" in main_err("--resume", str(tmp_path / "r"), "--steps", "9")
