@@ -74,7 +74,7 @@ from hardware.speedups import AMP_CHOICES, choose_amp
 from medsam_lora import MEDSAM_MD5, MEDSAM_URL, PUBLISHED_MD5, CheckpointError, file_md5
 from records import plots
 from records.checkpoint import CKPT_FORMAT, TINY_SAM, checkpoint_path, load_checkpoint, save_atomic
-from records.runlog import METRIC_NAMES, Log, TBLog, dice_table, reference_line
+from records.runlog import METRIC_NAMES, Log, TBLog, dice_table, reference_band, reference_line
 from synfoc import Run, build_run, lam, train_step, uses
 
 SYNFOC_ONLY = ("alpha", "reg")  # flags that mean something only when both models train
@@ -167,8 +167,8 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--test-limit", type=int, help="use only the first N test images per domain in periodic "
                                                   "evaluation (default: all)")
     p.add_argument("--amp", choices=list(AMP_CHOICES),
-                   help="autocast: auto = fp16 on CUDA (the authors'), bf16 on a CPU with native bf16 (AVX-512 BF16 "
-                        "or AMX), off (fp32) on any other CPU, where bf16 is emulated and slow (default: preset, auto)")
+                   help="autocast: auto = fp16 on CUDA (the authors'), off (fp32) on a CPU, where bf16 is emulated and "
+                        "slow or was measured not worth it (hardware/speedups.py) (default: preset, auto)")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default: half the CPUs, at most 8, on "
                                                "CUDA; 0 on CPU)")
@@ -632,7 +632,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path:
     if tb is not None:
         tb.close()
     if res:
-        log.line("final per-domain mean Dice (%) of the students, last step:\n" + dice_table(res, domains))
+        band, band_line = reference_band(cfg)
+        log.line("final per-domain mean Dice (%) of the students, last step:\n" + dice_table(res, domains, band)
+                 + (f"\n{band_line}" if band else ""))
         log.line("test-selected (each student's best mean test Dice over the evaluations, as the paper reports): "
                  + ", ".join(f"{n} {100 * d:.2f} at step {t}" for n, (d, t) in best.items())
                  + " (best_test_selected_<student>.pt)")

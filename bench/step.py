@@ -21,8 +21,8 @@ On a CPU the default is the REDUCED configuration, so the suite can run it in se
 `--dataset synthetic` is the embedded default as train.py runs it (the preset decides: LiteMedSAM at 64,
 the width-16 GroupNorm U-Net at 128, batch 1 + 1, amp auto) on REAL batches: the generated set (--data-root)
 through train.py's datasets, augmentations and (seed, step) draws; warm-up 2, 5 steps per window;
-`--lite-size` and `--unet-size` measure other sizes of it. `--amp auto` (every default): fp16 on CUDA, bf16 on
-a CPU with native bf16, fp32 elsewhere (speedups.choose_amp); the report names the CPU and the choice.
+`--lite-size` and `--unet-size` measure other sizes of it. `--amp auto` (every default): fp16 on CUDA, fp32 on
+a CPU (speedups.choose_amp: bf16 only where measured worth it); the report names the CPU and the choice.
 `--plain` times the plain step (train.py --plain: hardware/speedups.py off); `--compare` builds both from the same
 seed and times them in alternating windows on the same inputs (s/step and the rest describe the optimised
 one; `compare:` gives both medians and the speedup). `--windows K`: s/step is the median of K windows.
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default="fundus", choices=DATASETS, help="dataset preset: sizes, classes, batch (default fundus)")
     p.add_argument("--batch", type=int, nargs=2, metavar=("L", "U"), help="labeled and unlabeled batch (default: preset; CPU 1 1)")
     p.add_argument("--amp", choices=list(AMP_CHOICES),
-                   help="autocast dtype; auto = fp16 on CUDA, bf16 on a CPU with native bf16, else off (default: auto)")
+                   help="autocast dtype; auto = fp16 on CUDA, else train.py's CPU rule (fp32) (default: auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the students and teachers (after the FLOP count)")
     p.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
                    help="torch.compile backend (default inductor; eager only traces, for quick checks)")

@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_reference:
         tab = written[(data_seeds[0], budgets[0])]
         results = {k: v for k, v in tab.items() if not k.startswith("_")}
-        REFERENCE.write_text(json.dumps(dict(results=results, **tab["_meta"]), indent=2))
+        band = json.loads(REFERENCE.read_text()).get("band") if REFERENCE.is_file() else None  # bench/band.py's
+        REFERENCE.write_text(json.dumps(dict(results=results, **tab["_meta"], **({"band": band} if band else {})), indent=2))
         print(f"wrote {REFERENCE}")
     return 0
 

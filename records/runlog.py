@@ -6,7 +6,8 @@ closing summary, and with --tensorboard the same numbers plus pictures as Tensor
     log.row(step, values, seconds_per_step)         # metrics.csv: values {name: float} for every METRIC_NAMES
     log.eval_rows(step, res, domains)               # evals.csv: one row per (model, domain); res from
                                                     #   evaluate.evaluate_students: {model: {domain: Dice}}
-    dice_table(res, domains)                        # per-domain mean Dice (%) of each student, as text
+    dice_table(res, domains, band)                  # per-domain mean Dice (%) of each student, as text
+    band, line = reference_band(cfg)                # the Quick start's measured band (bench/band.py) or None
     reference_line(cfg)                             # the same budget's baselines (bench/table7.py) or ""
     tb = TBLog(out); tb.scalars(...); tb.dice(...); tb.pictures(step, run, test_cases, ub); tb.close()
 
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 import data
 import smc
+from hardware.speedups import capability_line
 from records.checkpoint import predict
 from records.plots import PALETTE, overlay
 from synfoc import Run, teachers
@@ -97,14 +99,41 @@ class Log:
                      [[step, n, domains[d - 1], f"{v:.6g}"] for n, r in res.items() for d, v in r.items()])
 
 
-def dice_table(res: dict[str, dict[int, float]], domains: list[str]) -> str:
-    """Per-domain mean Dice (%) of each student as a small text table."""
+def dice_table(res: dict[str, dict[int, float]], domains: list[str], band: dict | None = None) -> str:
+    """Per-domain mean Dice (%) of each student as a small text table; with `band` (reference_band), each
+    student's column is followed by the band's min-max of the same cell."""
     names = list(res)
-    rows = [f"{'domain':<14}" + "".join(f"{n:>10}" for n in names)]
+
+    def cell(n: str, key: str, v: float) -> str:
+        b = band["students"].get(n, {}).get(key) if band else None
+        return f"{v:>10.2f}" + ("" if not band else f"{b['min']:>7.1f}-{b['max']:<5.1f}" if b else f"{'':>13}")
+    rows = [f"{'domain':<14}" + "".join(f"{n:>10}" + (f"{'band':>11}{'':2}" if band else "") for n in names)]
     for d, dname in enumerate(domains, 1):
-        rows.append(f"{dname:<14}" + "".join(f"{100 * res[n].get(d, float('nan')):>10.2f}" for n in names))
-    rows.append(f"{'mean':<14}" + "".join(f"{100 * np.mean(list(res[n].values())):>10.2f}" for n in names))
-    return "\n".join(rows)
+        rows.append(f"{dname:<14}" + "".join(cell(n, dname, 100 * res[n].get(d, float("nan"))) for n in names))
+    rows.append(f"{'mean':<14}" + "".join(cell(n, "mean", 100 * np.mean(list(res[n].values()))) for n in names))
+    return "\n".join(r.rstrip() for r in rows)
+
+
+def reference_band(cfg: dict) -> tuple[dict | None, str]:
+    """(the band bench/band.py recorded for this run's budget and precision, preferring this CPU's family; a line
+    that says what it is), or (None, "") when none was measured for this budget."""
+    if cfg["dataset"] != "synthetic" or cfg["mode"] != "synfoc" or not REFERENCE.is_file():
+        return None, ""
+    entries = [e for e in json.loads(REFERENCE.read_text()).get("band", [])
+               if all(cfg.get(k) == v for k, v in e["budget"].items())]
+    if not entries:
+        return None, ""
+    here = " | ".join(capability_line("cpu").split(" | ")[:2])
+    same = [e for e in entries if e["cpu"].startswith(here + " |") and e["amp"] == cfg["amp"]]
+    e = (same or entries)[0]
+    where = " | ".join(e["cpu"].split(" | ")[:2])
+    line = (f"band: min-max of the last step over training seeds {', '.join(map(str, e['seeds']))} on {where}, "
+            f"{'fp32' if e['amp'] == 'off' else e['amp']} ({e['date']}, bench/band.py); " +
+            ("a run inside it is working" if same else
+             f"this CPU ({here}, {'fp32' if cfg['amp'] == 'off' else cfg['amp']}) is not measured: expect other numbers")
+            + (f"; also measured: {'; '.join(' | '.join(o['cpu'].split(' | ')[:2]) for o in entries if o is not e)}"
+               if len(entries) > 1 else ""))
+    return e, line
 
 
 def reference_line(cfg: dict) -> str:

@@ -74,7 +74,7 @@ def _parse_bench(name):
 PARSERS = {"train.py": _parse_train, "evaluate.py": _parse_evaluate, "predict.py": _parse_predict,
            "data.py": _parse_data, **{f"bench/{n}.py": _parse_bench(n) for n in ("table7", "pseudo_labels", "step",
                                                                                  "metrics", "parity", "gpu_check",
-                                                                                 "dice_mask_figure", "paper")}}
+                                                                                 "dice_mask_figure", "paper", "band")}}
 
 
 def commands(text: str) -> list[tuple[str, list[str]]]:
@@ -144,14 +144,23 @@ def test_readme_length():
 
 
 def test_readme_printout_is_trains_final_printout():
-    """The Quick start block is the closing printout train.py writes: the last-step table, each student's
-    test-selected Dice, the reference baselines (the texts runlog.dice_table / train.py / reference_line write)."""
+    """The Quick start block is the closing printout train.py writes: the last-step table with the recorded band
+    (runlog.dice_table with bench/synthetic_reference.json's band, cell for cell), the band line, each student's
+    test-selected Dice."""
+    import json
+
+    from records import runlog
     block = next(body for lang, body, _ in code_blocks(section(README.read_text(), "Quick start")) if lang == "")
     lines = block.splitlines()
     assert lines[0] == "final per-domain mean Dice (%) of the students, last step:"
-    assert lines[1].split() == ["domain", "unet", "medsam"] and lines[6].split()[0] == "mean"
-    assert lines[7].startswith("test-selected (each student's best mean test Dice over the evaluations")
-    assert lines[8].startswith("the same budget's baselines, measured by bench/table7.py")
+    assert lines[1].split() == ["domain", "unet", "band", "medsam", "band"] and lines[6].split()[0] == "mean"
+    band = json.loads(runlog.REFERENCE.read_text())["band"][0]
+    for line in lines[2:7]:
+        key = line.split()[0]
+        assert [line.split()[2], line.split()[4]] == [f"{band['students'][n][key]['min']:.1f}-"
+                                                      f"{band['students'][n][key]['max']:.1f}" for n in ("unet", "medsam")]
+    assert lines[7].startswith("band: min-max of the last step over training seeds 0, 1, 2 on ")
+    assert lines[8].startswith("test-selected (each student's best mean test Dice over the evaluations")
 
 
 PART_SNIPPETS = [body for lang, body, _ in code_blocks(REUSE.read_text()) if lang == "python"]
