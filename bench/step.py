@@ -45,7 +45,8 @@ Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then t
     config, device, capability (CPU model, ISA level, bf16 native or emulated, threads, torch), amp (the
     choice and why), s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
     over the timed steps; n/a on CPU), memory estimate (train.estimate_memory: the step's tensor bytes counted on
-    fake tensors at the run's autocast dtype, with the state part: what `train.py --dry-run` prints), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
+    fake tensors at the run's autocast dtype, with the state part: what `train.py --dry-run` prints; on CUDA, or
+    on a CPU with --memory), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
     --peak-tflops; on CUDA PEAK_TFLOPS by default, n/a on a CPU without the flag), split (ms per step of the
     four parts); with --compare a `compare:` line, with --parts `parts:` and the table, before the JSON line.
 
@@ -111,6 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="time the plain and the optimised step side by side (alternating windows, same inputs)")
     p.add_argument("--windows", type=int, default=1, help="timed windows of --steps steps; s/step is their median (default 1)")
     p.add_argument("--parts", action="store_true", help="also time the step cut into FINE parts, with FLOPs and GFLOP/s")
+    p.add_argument("--memory", action="store_true",
+                   help="also count the step's memory on fake tensors (train.py --dry-run's estimate; always on CUDA, "
+                        "beside the measured peak; on a CPU it costs ~10 s, fake tensors dispatch in Python)")
     p.add_argument("--sam-ckpt", help="SAM-format state dict to load (default: a random MedSAM-shaped one in a temp file)")
     p.add_argument("--write-ckpt", metavar="PATH", help="only write the random MedSAM-shaped state dict to PATH and exit")
     p.add_argument("--unet-width", type=int, help="U-Net base width (default 64; CPU 8)")
@@ -477,7 +481,8 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
         "s/step": s_step,
         "images/s": (L + U) / s_step,
         "peak memory GB": peak,
-        "memory estimate GiB": {k: v / 2**30 for k, v in train.estimate_memory(cfg).items() if k in ("peak", "state")},
+        "memory estimate GiB": {k: v / 2**30 for k, v in train.estimate_memory(cfg).items() if k in ("peak", "state")}
+        if args.memory or device.type == "cuda" else None,
         "FLOPs/step": flops,
         "TFLOP/s": tflops,
         "fraction of peak": tflops / args.peak_tflops if args.peak_tflops else None,
@@ -506,8 +511,9 @@ def report(r: dict, peak_tflops: float | None) -> str:
         f"s/step: {r['s/step']:.6g}",
         f"images/s: {r['images/s']:.6g}",
         f"peak memory: {na(r['peak memory GB'], '.4g')}{'' if r['peak memory GB'] is None else ' GB'}",
-        f"memory estimate: {r['memory estimate GiB']['peak']:.4g} GiB (state {r['memory estimate GiB']['state']:.4g} "
-        "GiB; tensor bytes of one step counted on fake tensors, hardware/memory.py)",
+        "memory estimate: " + ("n/a (--memory)" if r["memory estimate GiB"] is None else
+                               f"{r['memory estimate GiB']['peak']:.4g} GiB (state {r['memory estimate GiB']['state']:.4g} "
+                               "GiB; tensor bytes of one step counted on fake tensors, hardware/memory.py)"),
         f"FLOPs/step: {r['FLOPs/step']:.6g}",
         f"TFLOP/s: {r['TFLOP/s']:.6g} ({1e3 * r['TFLOP/s']:.1f} GFLOP/s)",
         f"fraction of peak: {na(r['fraction of peak'], '.6g')}"

@@ -75,7 +75,7 @@ def run_bench(argv: list[str], capsys) -> tuple[dict[str, str], dict]:
 
 
 def test_reduced_cpu_run_prints_parsable_fields(capsys):
-    fields, js = run_bench(["--device", "cpu", "--warmup", "1", "--steps", "1"], capsys)
+    fields, js = run_bench(["--device", "cpu", "--warmup", "1", "--steps", "1", "--memory"], capsys)
     amp, why = speedups.choose_amp("auto", "cpu")  # the reduced default: off on this CPU unless bf16 is native
     assert f"fundus | tiny ViT 64 | U-Net 8 @ 64 | batch 1+1 | amp {amp}" in fields["config"]
     assert fields["amp"] == f"{amp} ({why})" and fields["capability"] == speedups.capability_line("cpu")

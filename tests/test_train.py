@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,34 @@ def test_sam_learning_rate_follows_the_authors_code():
     assert train.resolve_config(train.parse_args(["--dataset", "prostate"]))["lr_sam"] == pytest.approx(1.2e-4)
     assert train.resolve_config(train.parse_args([]))["lr_sam"] == 1e-4
     assert train.resolve_config(train.parse_args(["--dataset", "fundus", "--lr-sam", "1e-4"]))["lr_sam"] == 1e-4
+
+
+def test_dry_run_prints_the_plan_and_every_missing_prerequisite(shared_data, tmp_path, capsys):
+    """--dry-run: the resolved plan (steps, batch, cadence, sizes, precision, the step's memory) and the missing
+    inputs with their links; exit 2 when something is missing, nothing written either way."""
+    base = ["--dataset", "fundus", "--sam", "tiny", "--unet-width", "4", "--unet-size", "64", "--device", "cpu",
+            "--out", str(tmp_path / "r"), "--dry-run"]
+    with pytest.raises(SystemExit) as e:
+        train.main([*base, "--data-root", str(tmp_path / "none")])
+    out = capsys.readouterr().out
+    assert e.value.code == 2 and not (tmp_path / "r").exists()
+    assert "plan: fundus, labeled domain 1 (20 labeled)" in out and "seed 1337" in out
+    assert "steps 30000 (supervised only: 0), batch 4 + 4, evaluation of both students every 500 steps (60 in all" in out
+    assert "U-Net width 4 at 64 px; a tiny random ViT at 64 px (logits 16)" in out
+    assert re.search(r"memory of one training step .*: peak \d+\.\d\d GiB", out)
+    assert "missing: data root" in out and DOWNLOADS["fundus"].split()[0] in out
+    cfg = train.resolve_config(train.parse_args([*base[:-1], "--data-root", str(shared_data)]))
+    assert train.prerequisites(cfg) == ([], [])  # with the data there: "every prerequisite is there", exit 0
+    assert "every prerequisite is there" in train.plan(dict(cfg, sam_size=64, sam_logit_size=16), None, [])
+
+
+def test_a_weights_file_with_another_md5_is_named(tmp_path):
+    """A present MedSAM file is hashed: a sum that is not a published one is a warning naming it, not an error."""
+    bad = tmp_path / "medsam_vit_b.pth"
+    bad.write_bytes(b"half a download")
+    cfg = train.resolve_config(train.parse_args(["--dataset", "synthetic", "--sam", "medsam", "--sam-ckpt", str(bad)]))
+    missing, warnings = train.prerequisites(cfg)
+    assert missing == [] and len(warnings) == 1
+    assert str(bad) in warnings[0] and medsam_lora.file_md5(bad) in warnings[0] and medsam_lora.MEDSAM_MD5 in warnings[0]
+    cfg["mode"] = "suponly"  # a run without SAM needs no SAM file at all
+    assert train.prerequisites(dict(cfg, sam_ckpt=str(tmp_path / "absent.pth"))) == ([], [])
