@@ -78,8 +78,8 @@ def test_bench_paper_trains_every_domain_resumes_and_tabulates(shared_data, tmp_
     import train
     bench = load_bench_paper()
     root = tmp_path / "runs"
-    flags = ["--data-root", str(shared_data), "--labeled", "1", "--sam", "tiny", "--unet-width", "4", "--batch", "1",
-             "1", "--steps", "2", "--eval-every", "1", "--amp", "off", "--log-every", "1"]
+    flags = ["--data-root", str(shared_data), "--labeled", "1", "--sam", "tiny", "--unet-width", "4", "--unet-size",
+             "64", "--batch", "1", "1", "--steps", "2", "--eval-every", "1", "--amp", "off", "--log-every", "1"]
     # domain 2's run was killed after step 1: the bench continues it (train.py --resume), it does not start over
     train.train(["--dataset", "fundus", "--domain", "2", "--out", str(root / "fundus_d2_synfoc"), "--device", "cpu",
                  *flags], stop_at=1)
