@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dataio.atomic import write_atomic
 from metrics import part_mask, surface
 
 
@@ -119,8 +120,7 @@ def plot_curves(run_dir: str | Path) -> Path:
     fig.suptitle(f"{run_dir.name}: training curves", fontsize=11)
     fig.subplots_adjust(left=0.05, right=0.985, bottom=0.07, top=0.91, wspace=0.22, hspace=0.32)  # no tight_layout:
     # it draws the whole figure once more to measure it (0.8 s of the 2 s a drawing takes on a CPU)
-    out = run_dir / "curves.png"
-    fig.savefig(out, dpi=90)
+    out = write_atomic(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=90, format="png"))  # whole or absent
     plt.close(fig)
     return out
 
@@ -162,7 +162,7 @@ def save(fig, out_png: Path) -> Path:
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     pyplot().close(fig)
     return out_png
 
