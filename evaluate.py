@@ -4,12 +4,13 @@ Evaluate on every domain's test split (--data-root, as in train.py the folder ho
 e.g. `data` for data/Fundus; the dataset folder itself works too; default: the one recorded in the checkpoint):
 
     python evaluate.py runs/fundus_d1/last.pt
-    python evaluate.py runs/fundus_d1/last.pt --model both --data-root /mnt/data --overlays 4
-    python evaluate.py runs/fundus_d1/best_test_selected.pt --out runs/fundus_d1/eval_best
+    python evaluate.py runs/fundus_d1/last.pt --model medsam --data-root /mnt/data --overlays 4
+    python evaluate.py runs/fundus_d1/best_test_selected_unet.pt --model unet   # the U-Net at its best test step
     python evaluate.py runs/fundus_d1 --split train --limit 20      # a run folder means its last.pt
     python evaluate.py runs/prostate_d1 --per-volume                # + 3D metrics per volume (prostate, mnms)
     python evaluate.py runs/seed0 runs/seed1 runs/seed2             # mean ± std over runs (seeds)
     python evaluate.py runs/fundus_d1 --curves                      # draw runs/fundus_d1/curves.png, no evaluation
+    python evaluate.py --paper-table runs/fundus_d1 runs/fundus_d2 runs/fundus_d3 runs/fundus_d4   # Table 4 layout
 
 Metrics (metrics.py: medpy's definitions and values), per 2D slice and per metric part, at the U-Net
 resolution S, in pixels: Dice, Jaccard, HD95 (95th percentile of the surface distances of both directions
@@ -42,7 +43,14 @@ Outputs, in --out (default `<ckpt folder>/eval_<ckpt stem>`):
     overlays/       with --overlays N: N PNGs per domain and model (image, ground-truth contour in
                     green, prediction as a translucent colour per class)
 With several runs: results.json (mean and std per model, domain, part and metric; the runs) and table.md.
-`--model medsam` (default) is the student MedSAM the paper reports, `unet` the student U-Net, `both` both.
+By default every student the checkpoint has is evaluated (the paper reports both); `--model medsam` / `unet`
+picks one. Forward passes run in fp32 as the authors' test (`--amp auto` for the training precision).
+
+--paper-table (records/paper.py): the arguments are run folders of one setting, one per labeled domain; each
+student's best_test_selected_<student>.pt (the authors' protocol, what the paper reports) and last.pt are
+evaluated (results reused from an eval_<checkpoint>/results.json of the same step, split and --limit) and laid
+out as Tables 3-6 with the paper's SynFoC rows beside them: <parent of the first run>/paper_table_<dataset>/
+table.md and results.json (or --out). `python bench/paper.py --dataset D` trains the runs first.
 The base SAM weights are rebuilt from the path recorded in the checkpoint; `--sam-ckpt PATH` overrides it
 (SAM or MedSAM ViT-B/L/H; the size is read from the tensors).
 

@@ -268,7 +268,7 @@ def segment_volumes(models: dict[str, torch.nn.Module], cfg: dict, targets: dict
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="predict.py", description="Segment a folder of new images with a SynFoC checkpoint. "
                                                      "See the module docstring for the exact commands.")
-    p.add_argument("checkpoint", help="checkpoint written by train.py (last.pt / best_test_selected.pt) or its run folder")
+    p.add_argument("checkpoint", help="checkpoint written by train.py (last.pt / best_test_selected_<student>.pt) or its run folder")
     p.add_argument("--images", required=True, help="folder of images (PNG/JPG/BMP/TIFF) or NIfTI volumes "
                                                    "(.nii/.nii.gz -> <case>.nii.gz masks) to segment")
     p.add_argument("--out", required=True, help="output folder for <name>.png masks and <name>_overlay.png "
