@@ -435,7 +435,7 @@ def paper_runs(a: argparse.Namespace) -> list[dict]:
         folder = Path(given) if Path(given).is_dir() else Path(given).parent
         cfg = load_checkpoint(folder / "last.pt")["config"]
         students = {}
-        for s in [s for s, k in (("unet", "unet"), ("medsam", "sam")) if uses(cfg)[k == "sam"]]:
+        for s in [s for s, used in zip(("unet", "medsam"), uses(cfg)) if used]:  # the students the mode trains
             sel = folder / f"best_test_selected_{s}.pt"
             if not sel.is_file():
                 raise EvalError(f"--paper-table: {folder} has no {sel.name} (train.py writes one per student since "
