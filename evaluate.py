@@ -414,17 +414,18 @@ def evaluate_one(a: argparse.Namespace, ck_path: Path, out: Path | None) -> tupl
     return ck, text, levels
 
 
-def evaluated(a: argparse.Namespace, ck_path: Path, model: str) -> tuple[dict, int]:
+def evaluated(a: argparse.Namespace, ck_path: Path, model: str, run_as: str) -> tuple[dict, int]:
     """(the slice-level summary of `model`, the checkpoint's step): from the results.json this file wrote
-    before for the same checkpoint (same step, split and --limit) when there is one, else evaluated now."""
+    before for the same checkpoint (same step, split and --limit) when there is one, else evaluated now with
+    --model `run_as` (both for a last.pt that both students are read from: one evaluation serves the two)."""
     f = ck_path.parent / f"eval_{ck_path.stem}" / "results.json"
     if f.is_file() and f.stat().st_mtime >= ck_path.stat().st_mtime:
         res = json.loads(f.read_text())
         m = res.get("models", {}).get(model)
         if m and res.get("split") == a.split and res.get("limit") == a.limit and res.get("checkpoint") == str(ck_path):
             return {"domains": m["domains"], "mean": m["mean"]}, res["step"]
-    ck, _, levels = evaluate_one(argparse.Namespace(**{**vars(a), "model": "both" if ck_path.stem == "last" else model,
-                                                       "per_volume": False, "overlays": 0}), ck_path, None)
+    ck, _, levels = evaluate_one(argparse.Namespace(**{**vars(a), "model": run_as, "per_volume": False, "overlays": 0}),
+                                 ck_path, None)
     return levels[model]["slice"], ck["step"]
 
 
@@ -435,12 +436,14 @@ def paper_runs(a: argparse.Namespace) -> list[dict]:
         folder = Path(given) if Path(given).is_dir() else Path(given).parent
         cfg = load_checkpoint(folder / "last.pt")["config"]
         students = {}
-        for s in [s for s, used in zip(("unet", "medsam"), uses(cfg)) if used]:  # the students the mode trains
+        have = [s for s, used in zip(("unet", "medsam"), uses(cfg)) if used]  # the students the mode trains
+        for s in have:
             sel = folder / f"best_test_selected_{s}.pt"
             if not sel.is_file():
                 raise EvalError(f"--paper-table: {folder} has no {sel.name} (train.py writes one per student since "
                                 "2026-12-07; an older run kept best_test_selected.pt, selected by MedSAM only)")
-            (selected, t_sel), (last, t_last) = evaluated(a, sel, s), evaluated(a, folder / "last.pt", s)
+            (selected, t_sel) = evaluated(a, sel, s, s)
+            last, t_last = evaluated(a, folder / "last.pt", s, "both" if len(have) == 2 else s)
             students[s] = dict(selected=selected, selected_step=t_sel, last=last, last_step=t_last)
         runs.append(dict(config=cfg, students=students, path=str(folder)))
     first = runs[0]["config"]

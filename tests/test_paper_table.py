@@ -125,3 +125,16 @@ def test_paper_table_needs_each_students_checkpoint(tmp_path):
         torch.save(dict(format=CKPT_FORMAT, step=1, config=dict(dataset="fundus", mode="synfoc", num_classes=3)),
                    tmp_path / "r" / "last.pt")
         evaluate.run(["--paper-table", str(tmp_path / "r")])
+
+
+def test_paper_table_of_single_student_runs(shared_data, tmp_path, capsys):
+    """Base U-Net runs (--mode unet): the table has the U-Net rows only, and says why there is no paper row."""
+    import train
+    runs = [train.train(["--dataset", "fundus", "--data-root", str(shared_data), "--domain", str(d), "--labeled", "1",
+                         "--mode", "unet", "--unet-width", "4", "--unet-size", "64", "--batch", "1", "1", "--steps",
+                         "1", "--eval-every", "1", "--amp", "off", "--device", "cpu", "--out", str(tmp_path / f"d{d}")])
+            for d in (1, 2)]
+    assert evaluate.run(["--paper-table", *map(str, runs), "--device", "cpu"]) == 0
+    res = json.loads((tmp_path / "paper_table_fundus" / "results.json").read_text())
+    assert set(res["rows"]) == {"unet selected", "unet last"}
+    assert "--mode unet" in (tmp_path / "paper_table_fundus" / "table.md").read_text()
