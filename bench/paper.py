@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description="Train SynFoC with every labeled domain of a dataset, then its Table 3-6 "
                                             "layout (module docstring). Flags after -- go to every train.py run.")
-    p.add_argument("--dataset", required=True, help=f"a preset ({', '.join(p for p in data.PRESETS if p != 'synthetic')}) "
+    p.add_argument("--dataset", required=True, help=f"a preset ({', '.join(n for n in data.PRESETS if n != 'synthetic')}) "
                                                    "or a dataset.json folder")
     p.add_argument("--domains", type=int, nargs="+", help="labeled domains, 1-based (default: every domain)")
     p.add_argument("--out-root", default="runs", help="folder of the run folders and the table (default runs)")
