@@ -17,7 +17,6 @@ is inside what was measured. Each entry names its seeds, CPU, precision, date an
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -27,20 +26,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project is flat scripts at the repository root
 
 from hardware.speedups import capability_line  # noqa: E402
+from records.plots import read_evals  # noqa: E402
 from records.runlog import BUDGET_KEYS, REFERENCE  # noqa: E402
 
 
 def last_eval(run: Path) -> tuple[dict, dict[str, dict[str, float]]]:
     """(config, {student: {domain: Dice (%), "mean": Dice (%)}}) of a finished run's last evaluation."""
     cfg = json.loads((run / "config.json").read_text())
-    with open(run / "evals.csv") as f:
-        rows = [r for r in csv.DictReader(f)]
-    if not rows or int(rows[-1]["step"]) != cfg["steps"]:
+    series = read_evals(run / "evals.csv") if (run / "evals.csv").is_file() else {}  # {"model domain": (steps, %)}
+    if not series or any(steps[-1] != cfg["steps"] for steps, _ in series.values()):
         raise SystemExit(f"error: {run} is not finished (its last evaluation is not at step {cfg['steps']})")
-    last = [r for r in rows if int(r["step"]) == cfg["steps"]]
     out: dict[str, dict[str, float]] = {}
-    for r in last:
-        out.setdefault(r["model"], {})[r["domain"]] = 100 * float(r["dice"])
+    for key, (_, dice) in series.items():
+        model, domain = key.split(" ", 1)
+        out.setdefault(model, {})[domain] = float(dice[-1])
     for d in out.values():
         d["mean"] = statistics.mean(d.values())
     return cfg, out
