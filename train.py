@@ -287,10 +287,8 @@ def prerequisites(cfg: dict) -> tuple[list[str], list[str]]:
                             "SAM release (README 'Weights'): an incomplete download? (it is loaded only if its "
                             "tensors are SAM's)")
     if cfg["dataset"] != "synthetic":  # the synthetic set is generated on first use
-        spec = data.spec(cfg["dataset"])
-        root = Path(spec["root"]) if cfg["dataset"] not in data.PRESETS else Path(cfg["data_root"]) / spec["folder"]
         try:
-            data.check_root(cfg["dataset"], root)
+            data.check_root(cfg["dataset"], data_folder(cfg))
         except data.DataError as e:
             where = DOWNLOADS.get(cfg["dataset"])
             missing.append(f"{e}" + (f"; download: {where}" if where else ""))
@@ -385,16 +383,20 @@ def boxes(step: int, batch: int, S: int, seed: int, rank: tuple[int, ...] = ()) 
     return torch.from_numpy(np.stack([random_box(S, rng) for _ in range(batch)])).float()[:, None]
 
 
-def dataset_root(cfg: dict) -> Path:
-    """The dataset's own folder; the synthetic set is generated there on first use."""
+def data_folder(cfg: dict) -> Path:
+    """Where the run's data is: a dataset.json set's own folder, else <data_root>/<the preset's folder>
+    (the synthetic set of another data seed: <data_root>/synthetic_s<seed>)."""
     if cfg["dataset"] not in data.PRESETS:  # a dataset.json folder is its own root
-        root = Path(data.spec(cfg["dataset"])["root"])
-        data.check_root(cfg["dataset"], root)
-        return root
+        return Path(data.spec(cfg["dataset"])["root"])
     folder = data.PRESETS[cfg["dataset"]]["folder"]
     if cfg["dataset"] == "synthetic" and cfg.get("data_seed", 0):
         folder += f"_s{cfg['data_seed']}"
-    root = Path(cfg["data_root"]) / folder
+    return Path(cfg["data_root"]) / folder
+
+
+def dataset_root(cfg: dict) -> Path:
+    """The dataset's own folder (data_folder), checked; the synthetic set is generated there on first use."""
+    root = data_folder(cfg)
     if cfg["dataset"] == "synthetic" and not root.exists():
         pre = data.PRESETS["synthetic"]
         print(f"generating the synthetic mixed-domain set in {root} ...")
@@ -458,7 +460,7 @@ def setup(given: dict) -> tuple[dict, dict | None]:
 
 def dry_run(given: dict) -> None:
     """--dry-run: the resolved plan, the memory of one step and every missing prerequisite; exit status 2 when
-    something is missing (nothing is written, no weights or data are read)."""
+    something is missing (nothing is written and no weights are loaded; a present MedSAM file is hashed)."""
     given.pop("resume", None), given.pop("overwrite", None)
     cfg = resolve_config(given)
     missing, warnings = prerequisites(cfg)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project is f
 
 from hardware.speedups import capability_line  # noqa: E402
 from records.plots import read_evals  # noqa: E402
-from records.runlog import BUDGET_KEYS, REFERENCE  # noqa: E402
+from records.runlog import BUDGET_KEYS, REFERENCE, cpu_family  # noqa: E402
 
 
 def last_eval(run: Path) -> tuple[dict, dict[str, dict[str, float]]]:
@@ -68,8 +68,8 @@ def band(runs: list[Path]) -> dict:
 
 
 def family(entry: dict) -> str:
-    """CPU model and ISA level of a capability line ("AMD EPYC | AVX2 | ..." -> "AMD EPYC | AVX2"), with the precision."""
-    return " | ".join(entry["cpu"].split(" | ")[:2]) + f" | {entry['amp']}"
+    """An entry's CPU family (runlog.cpu_family) with its precision: one band per pair."""
+    return f"{cpu_family(entry['cpu'])} | {entry['amp']}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,24 +114,33 @@ def dice_table(res: dict[str, dict[int, float]], domains: list[str], band: dict 
     return "\n".join(r.rstrip() for r in rows)
 
 
+def _reference(cfg: dict) -> dict:
+    """bench/synthetic_reference.json for a SynFoC run of the synthetic set, {} for any other run or without it."""
+    if cfg["dataset"] != "synthetic" or cfg["mode"] != "synfoc" or not REFERENCE.is_file():
+        return {}
+    return json.loads(REFERENCE.read_text())
+
+
+def cpu_family(capability: str) -> str:
+    """The CPU model and ISA level of a capability line ("AMD EPYC | AVX2 | bf16 ..." -> "AMD EPYC | AVX2")."""
+    return " | ".join(capability.split(" | ")[:2])
+
+
 def reference_band(cfg: dict) -> tuple[dict | None, str]:
     """(the band bench/band.py recorded for this run's budget and precision, preferring this CPU's family; a line
     that says what it is), or (None, "") when none was measured for this budget."""
-    if cfg["dataset"] != "synthetic" or cfg["mode"] != "synfoc" or not REFERENCE.is_file():
-        return None, ""
-    entries = [e for e in json.loads(REFERENCE.read_text()).get("band", [])
-               if all(cfg.get(k) == v for k, v in e["budget"].items())]
+    entries = [e for e in _reference(cfg).get("band", []) if all(cfg.get(k) == v for k, v in e["budget"].items())]
     if not entries:
         return None, ""
-    here = " | ".join(capability_line("cpu").split(" | ")[:2])
-    same = [e for e in entries if e["cpu"].startswith(here + " |") and e["amp"] == cfg["amp"]]
+    here = cpu_family(capability_line("cpu"))
+    same = [e for e in entries if cpu_family(e["cpu"]) == here and e["amp"] == cfg["amp"]]
     e = (same or entries)[0]
-    where = " | ".join(e["cpu"].split(" | ")[:2])
+    where = cpu_family(e["cpu"])
     line = (f"band: min-max of the last step over training seeds {', '.join(map(str, e['seeds']))} on {where}, "
             f"{'fp32' if e['amp'] == 'off' else e['amp']} ({e['date']}, bench/band.py); " +
             ("a run inside it is working" if same else
              f"this CPU ({here}, {'fp32' if cfg['amp'] == 'off' else cfg['amp']}) is not measured: expect other numbers")
-            + (f"; also measured: {'; '.join(' | '.join(o['cpu'].split(' | ')[:2]) for o in entries if o is not e)}"
+            + (f"; also measured: {'; '.join(cpu_family(o['cpu']) for o in entries if o is not e)}"
                if len(entries) > 1 else ""))
     return e, line
 
@@ -139,10 +148,8 @@ def reference_band(cfg: dict) -> tuple[dict | None, str]:
 def reference_line(cfg: dict) -> str:
     """The baselines of the same budget measured by bench/table7.py (bench/synthetic_reference.json), as a few
     lines, when this run's budget is the one measured there; "" otherwise."""
-    if cfg["dataset"] != "synthetic" or cfg["mode"] != "synfoc" or not REFERENCE.is_file():
-        return ""
-    ref = json.loads(REFERENCE.read_text())
-    if any(cfg.get(k) != ref["budget"].get(k) for k in BUDGET_KEYS):
+    ref = _reference(cfg)
+    if not ref or any(cfg.get(k) != ref["budget"].get(k) for k in BUDGET_KEYS):
         return ""
     doms = data.PRESETS["synthetic"]["domains"]
     amp = ref.get("amp", ref["budget"].get("amp", "off"))  # the precision the reference trained in
