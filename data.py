@@ -8,6 +8,8 @@
 
     lab, unl = split_labeled("fundus", "data/Fundus", domain=1)        # (image_path, mask_paths, domain) lists
     LabeledSet(...), UnlabeledSet(...), TestSet(...)                   # items of a run (the classes' docstrings)
+    root = dataset_root(cfg); batches = Batches(cfg, lab, unl, (I, R, S), start, device)   # train.py's feed
+    lb, ub, M_S = batches.next(step)                                   # one step's batches, on the device
 
 A dataset is a description (dataio/spec.py; fields in docs/datasets.md): the presets are code-held ones
 (spec.DESCRIPTIONS, validated into PRESETS) living in `<data-root>/<folder>`: data/Fundus, data/ProstateSlice,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,13 +39,13 @@ import torch
 
 # DataError lives in dataio/spec.py (the descriptions need it too); data.DataError is the same class. The
 # readers are re-exported so that `data.load_case` & co. stay the one public name for them.
-from dataio import check  # `data.py check` / `init` (the readers it uses are dataio.cases, never this file)
+from dataio import check, synthetic  # `data.py check` / `init` (the readers it uses are dataio.cases, never this file)
 from dataio.atomic import WriteError, save_png, write_atomic, write_text  # noqa: F401
 from dataio.cases import (_check_domain, check_masks, check_root, decode_mask, encode_mask,  # noqa: F401
                           list_cases, load_case, mask_codes, read_image, scan_cases)
 from dataio.spec import (DESCRIPTIONS, PRESETS, SLICE_AXES, DataError, display_name, layout_help,  # noqa: F401
                          register, spec, validate)
-from dataio.transforms import resize_image, resize_label, strong_augment, to_input, weak_augment
+from dataio.transforms import random_box, resize_image, resize_label, strong_augment, to_input, weak_augment
 
 
 def split_labeled(dataset: str, root: str | Path, domain: int, labeled: int | None = None,
@@ -190,6 +193,94 @@ class TestSet(torch.utils.data.Dataset):
         return dict(img_sam=to_input(img, self.I, 3), img_unet=to_input(img, self.S, self.p["in_channels"]),
                     label_unet=torch.from_numpy(np.ascontiguousarray(_nearest(lab, self.S), np.int64)),
                     name=Path(path).stem, domain=int(domain))
+
+
+# ----------------------------------------------------------------------------- a run's data (train.py)
+
+def data_folder(cfg: dict) -> Path:
+    """Where a run's data is: a dataset.json set's own folder, else <data_root>/<the preset's folder>
+    (the synthetic set of another data seed: <data_root>/synthetic_s<seed>)."""
+    if cfg["dataset"] not in PRESETS:  # a dataset.json folder is its own root
+        return Path(spec(cfg["dataset"])["root"])
+    folder = PRESETS[cfg["dataset"]]["folder"]
+    if cfg["dataset"] == "synthetic" and cfg["data_seed"]:
+        folder += f"_s{cfg['data_seed']}"
+    return Path(cfg["data_root"]) / folder
+
+
+def dataset_root(cfg: dict) -> Path:
+    """The run's data folder (data_folder), checked; the synthetic set is generated there on first use."""
+    root = data_folder(cfg)
+    if cfg["dataset"] == "synthetic" and not root.exists():
+        pre = PRESETS["synthetic"]
+        print(f"generating the synthetic mixed-domain set in {root} ...")
+        # into a private folder, renamed when complete: two runs starting at once (bench/table7.py --jobs 2)
+        # or a killed generation never leave a half-written set where a run would read it
+        tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        synthetic.synthesize(tmp, seed=cfg["data_seed"], n_train=pre["n_train"], n_test=pre["n_test"])
+        try:
+            tmp.rename(root)
+        except OSError:  # another run finished first: the same seed wrote the same files
+            shutil.rmtree(tmp, ignore_errors=True)
+    check_root(cfg["dataset"], root)
+    return root
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Yields, for each step t in [start, total), `batch` keys (index, t): the sample AND its augmentation
+    are a pure function of (seed, t), so a resumed run sees exactly the batches it would have seen."""
+
+    def __init__(self, n: int, batch: int, seed: int, tag: int, start: int, total: int, rank: tuple[int, ...] = ()):
+        self.n, self.batch, self.seed, self.tag, self.start, self.total = n, batch, seed, tag, start, total
+        self.rank = rank  # (rank,) under torchrun: each rank its own batches; () keeps single-process draws
+
+    def __iter__(self):
+        for t in range(self.start, self.total):
+            rng = np.random.default_rng([self.seed, self.tag, t, *self.rank])
+            idx = rng.permutation(self.n)[: self.batch] if self.n >= self.batch else rng.integers(0, self.n, self.batch)
+            yield [(int(i), t) for i in idx]
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+def boxes(step: int, batch: int, S: int, seed: int, rank: tuple[int, ...] = ()) -> torch.Tensor:
+    """The Eq. 1 copy-paste masks M of one step, drawn at S: float[B, 1, S, S] (CPU)."""
+    rng = np.random.default_rng([seed, 7, step, *rank])
+    return torch.from_numpy(np.stack([random_box(S, rng) for _ in range(batch)])).float()[:, None]
+
+
+class Batches:
+    """The batches of a run's steps [start, total), in order, on `device`: next(step) -> (lb, ub, M_S), the
+    labeled weak batch, the unlabeled weak + strong batch and the copy-paste masks M at S (None, None without
+    unlabeled data: --mode suponly). Each is a pure function of (seed, step, rank): a resumed run continues
+    the same sequence. sizes: (I, R, S), the SAM input, SAM logit and U-Net sizes."""
+
+    def __init__(self, cfg: dict, lab_cases: list, unl_cases: list | None, sizes: tuple[int, int, int], start: int,
+                 device: torch.device, rank: tuple[int, ...] = ()):
+        (L, U), (I, R, S), self.device = cfg["batch"], sizes, device
+        self.U, self.S, self.seed, self.rank = U, S, cfg["seed"], rank
+        self.pin = device.type == "cuda"  # pinned host memory: the copies to the GPU really are asynchronous
+        loader = lambda ds, bsz, tag: iter(torch.utils.data.DataLoader(  # noqa: E731
+            ds, batch_sampler=StepSampler(len(ds), bsz, cfg["seed"], tag, start, cfg["steps"], rank),
+            num_workers=cfg["workers"], pin_memory=self.pin))
+        self.lab = loader(LabeledSet(cfg["dataset"], lab_cases, I, R, seed=cfg["seed"], unet_size=S), L, 1)
+        self.unl = loader(UnlabeledSet(cfg["dataset"], unl_cases, I, R, seed=cfg["seed"] + 1, unet_size=S), U, 2) \
+            if unl_cases is not None else None
+
+    def _to(self, b: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+
+    def next(self, step: int) -> tuple[dict, dict | None, torch.Tensor | None]:
+        lb = self._to(next(self.lab))
+        if self.unl is None:
+            return lb, None, None
+        ub = self._to(next(self.unl))  # drawn in the burn-in too, so the data order never depends on K
+        M_S = boxes(step, self.U, self.S, self.seed, self.rank)
+        if self.pin:
+            M_S = M_S.pin_memory().to(self.device, non_blocking=True)
+        return lb, ub, M_S
 
 
 # ----------------------------------------------------------------------------- CLI

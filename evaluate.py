@@ -54,8 +54,7 @@ table.md and results.json (or --out). `python bench/paper.py --dataset D` trains
 The base SAM weights are rebuilt from the path recorded in the checkpoint; `--sam-ckpt PATH` overrides it
 (SAM or MedSAM ViT-B/L/H; the size is read from the tensors).
 
-Segmenting new images is predict.py's job: `python predict.py runs/x --images scans/ --out scans_seg/`
-(`--images` here only says so).
+Segmenting new images is predict.py's job: `python predict.py runs/x --images scans/ --out scans_seg/`.
 
 Errors in the input (missing or corrupt checkpoint, a file that is not a SynFoC checkpoint, data that
 does not match the checkpoint's dataset, a missing --data-root) are reported as one `error: ...` line on
@@ -79,8 +78,8 @@ from tqdm import tqdm
 import data
 from hardware.speedups import AMP_CHOICES
 from metrics import METRICS, case_metrics
-from predict import EvalError, OneLineParser, amp_dtype, cli_main, pick_device, which_models
 from records.checkpoint import build_students, checkpoint_path, load_checkpoint, predict
+from records.cli import EvalError, OneLineParser, amp_dtype, cli_main, pick_device, which_models
 from records.plots import overlay, plot_curves
 from records import paper
 from records.tables import aggregate, aggregate_runs, format_table
@@ -170,7 +169,7 @@ def evaluate_cases(models: dict[str, torch.nn.Module], dataset: str, cases: list
     summaries: {model: aggregate(...) of the slice rows} (summarize(rows, ..., "volume") for the volumes)."""
     pre = data.spec(dataset)
     S, parts, part_names, domains = cfg["unet_size"], cfg["parts"], cfg["part_names"], pre["domains"]
-    sam_size = cfg.get("sam_size") or S
+    sam_size = cfg["sam_size"]
     if per_volume:
         cases = _volume_order(dataset, cases)
     ds = data.TestSet(dataset, cases, sam_size, limit=limit, unet_size=S)
@@ -269,7 +268,7 @@ def write_results(out: Path, ck_path: Path, ck: dict, root: Path, split: str, ro
     returns the table text."""
     cfg = ck["config"]
     out.mkdir(parents=True, exist_ok=True)
-    what = f"{cfg['dataset']} {split}, labeled domain {cfg.get('domain')}, step {ck.get('step')}"
+    what = f"{cfg['dataset']} {split}, labeled domain {cfg['domain']}, step {ck.get('step')}"
     tables = [format_table(s, cfg["part_names"], f"{TITLES.get(n, n)}: {what}") for n, s in summaries.items()]
     units = {r.get("unit") for r in rows if r["level"] == "volume"}
     vunit = "mm" if units == {"mm"} else "voxels" if units <= {"voxels"} else "mm where the spacing is known, else voxels"
@@ -287,7 +286,7 @@ def write_results(out: Path, ck_path: Path, ck: dict, root: Path, split: str, ro
     models = {n: dict(s, headline_dice=s["mean"]["dice"]) for n, s in summaries.items()}
     for n, s in (volumes or {}).items():
         models[n]["per_volume"] = dict(s, headline_dice=s["mean"]["dice"], units=f"hd95 and asd in {vunit}")
-    res = dict(checkpoint=str(ck_path), step=ck.get("step"), dataset=cfg["dataset"], labeled_domain=cfg.get("domain"),
+    res = dict(checkpoint=str(ck_path), step=ck.get("step"), dataset=cfg["dataset"], labeled_domain=cfg["domain"],
                split=split, limit=limit, data_root=str(root), unet_size=cfg["unet_size"], parts=cfg["part_names"],
                units="dice and jaccard are fractions in [0, 1]; hd95 and asd are in pixels", models=models)
     buf = io.StringIO(newline="")
@@ -324,7 +323,7 @@ def write_runs(out: Path, ck_paths: list[Path], cks: list[dict], split: str, per
             res.setdefault(model, {})[level] = agg
             unit = " per volume (3D, voxels)" if level == "volume" else ""
             tables.append(format_table(agg, cfg["part_names"], f"{TITLES.get(model, model)}{unit}: mean ± std over "
-                                       f"{n} runs, {cfg['dataset']} {split}, labeled domain {cfg.get('domain')}"))
+                                       f"{n} runs, {cfg['dataset']} {split}, labeled domain {cfg['domain']}"))
     note = ("Mean ± sample standard deviation (n-1) over the runs of each number of the single-run table "
             "(DSC and Jaccard in %, HD95 and ASD in pixels, or voxels per volume).\n")
     out.mkdir(parents=True, exist_ok=True)
@@ -363,7 +362,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="only draw the run folder's metrics.csv (and evals.csv) as <run>/curves.png; no evaluation")
     p.add_argument("--sam-ckpt", help="base SAM/MedSAM ViT-B/L/H weights (default: the path recorded in the checkpoint)")
     p.add_argument("--overlays", type=int, default=0, help="write N overlay PNGs per domain and model (default 0)")
-    p.add_argument("--images", help="moved: segmenting new images is `python predict.py RUN --images DIR --out DIR`")
     p.add_argument("--out", help="output folder (default <checkpoint folder>/eval_<checkpoint stem>; with several "
                                  "runs <parent of the first>/eval_mean_of_<N>)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -395,7 +393,7 @@ def evaluate_one(a: argparse.Namespace, ck_path: Path, out: Path | None) -> tupl
     device = pick_device(a.device)
     amp = amp_dtype(a.amp, cfg, device)
     workers = a.workers if a.workers is not None else (4 if device.type == "cuda" else 0)
-    root = resolve_root(cfg["dataset"], a.data_root or cfg.get("data_root", "data"))
+    root = resolve_root(cfg["dataset"], a.data_root or cfg["data_root"])
     cases = split_cases(cfg["dataset"], root, a.split)
     if not cases:
         raise data.DataError(f"{root}: no {a.split} images in any domain")
@@ -457,12 +455,9 @@ def paper_runs(a: argparse.Namespace) -> list[dict]:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit status (0, or 1 when some --images files were unreadable).
-    User mistakes raise CheckpointError / DataError / EvalError (main() prints them)."""
+    """The command line; returns the exit status (0). User mistakes raise one of records.cli.USER_ERRORS
+    (main() prints them)."""
     a = parse_args(argv)
-    if a.images is not None:
-        raise EvalError(f"--images: segmenting new images moved to predict.py: python predict.py "
-                        f"{a.checkpoint[0]} --images {a.images} --out {a.out}")
     if a.curves:
         for c in a.checkpoint:
             folder = Path(c) if Path(c).is_dir() else Path(c).parent

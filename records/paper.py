@@ -56,7 +56,7 @@ def paper_entry(cfg: dict) -> tuple[dict | None, str]:
     ds = cfg["dataset"]
     if ds not in PAPER:
         return None, f"the paper has no table for {ds}"
-    if cfg.get("mode", "synfoc") != "synfoc":
+    if cfg["mode"] != "synfoc":
         return None, f"the paper's Tables 3-6 report SynFoC; these runs are --mode {cfg['mode']}"
     for key in (ds, f"{ds}_quarter"):
         e = PAPER.get(key)

@@ -230,7 +230,7 @@ class TBLog:
         domains = data.spec(cfg["dataset"])["domains"]
         if self.shown is None:
             self.shown = shown_cases(cfg["dataset"], test_cases)
-        ds = data.TestSet(cfg["dataset"], self.shown, cfg.get("sam_size") or S, unet_size=S)
+        ds = data.TestSet(cfg["dataset"], self.shown, cfg["sam_size"], unet_size=S)
         models = {n: m for n, m in (("medsam", run.sam), ("unet", run.unet)) if m is not None}
         for m in models.values():
             m.eval()
@@ -252,7 +252,8 @@ class TBLog:
         """Rows of weak view | pseudo-label (greyed below tau) | GT for the step's unlabeled batch, uint8 [H,W,3]."""
         mods = [m for m in (run.unet, run.unet_t, run.sam, run.sam_t) if m is not None]
         saved = [{k: b.clone() for k, b in m.named_buffers()} for m in mods]  # BatchNorm statistics move in train mode
-        t = teachers(run, ub, step)
+        with run.amp():  # the training step's autocast (train.train_step)
+            t = teachers(run, ub, step)
         q, w = smc.pseudo_label(smc.ensemble(t["p_ut"], t["p_ms"], t["a_unet"]), run.cfg["tau"])  # [B,S,S] each
         for m, buf in zip(mods, saved):
             for k, b in m.named_buffers():

@@ -12,6 +12,7 @@ import data
 import predict
 from hardware import speedups
 import train
+from records import config
 
 
 @pytest.fixture
@@ -83,11 +84,11 @@ def test_explicit_bf16_on_an_emulating_cpu_warns_once(cpu, capsys):
 def test_train_config_records_the_choice(cpu, native, tmp_path, capsys):
     """The synthetic preset (amp auto): fp32 on either CPU; config.json holds the choice and why."""
     cpu(native)
-    cfg = train.resolve_config(train.parse_args(["--dataset", "synthetic", "--device", "cpu",
+    cfg = config.resolve_config(config.parse_args(["--dataset", "synthetic", "--device", "cpu",
                                                  "--out", str(tmp_path / "r")]))
     assert cfg["amp"] == "off"
     assert cfg["amp_reason"].startswith("CPU with native bf16 (AMX), but" if native else "CPU without native bf16")
-    cfg = train.resolve_config(train.parse_args(["--dataset", "fundus", "--device", "cuda"]))
+    cfg = config.resolve_config(config.parse_args(["--dataset", "fundus", "--device", "cuda"]))
     assert (cfg["amp"], cfg["amp_reason"]) == ("fp16", "CUDA: fp16 with the GradScaler, as the authors' code")
     assert capsys.readouterr().err == ""
 
@@ -123,9 +124,9 @@ def test_evaluate_and_predict_auto(cpu):
 
 def test_unet_size_flag_sets_the_size_everywhere(shared_data, tmp_path):
     """--unet-size 32: the config, the training batches, the copy-paste boxes and the test set are all at 32."""
-    cfg = train.resolve_config(train.parse_args(["--dataset", "fundus", "--unet-size", "32", "--device", "cpu"]))
+    cfg = config.resolve_config(config.parse_args(["--dataset", "fundus", "--unet-size", "32", "--device", "cpu"]))
     assert cfg["unet_size"] == 32
-    assert train.resolve_config(train.parse_args(["--dataset", "fundus", "--device", "cpu"]))["unet_size"] == 256
+    assert config.resolve_config(config.parse_args(["--dataset", "fundus", "--device", "cpu"]))["unet_size"] == 256
     root = shared_data / "Fundus"
     lab, unl = data.split_labeled("fundus", root, 1, 1, None)
     item = data.LabeledSet("fundus", lab, 64, 16, unet_size=32)[0]
@@ -144,5 +145,5 @@ def test_unet_size_flag_sets_the_size_everywhere(shared_data, tmp_path):
 
 @pytest.mark.parametrize("bad", ["24", "0"])
 def test_unet_size_must_be_a_multiple_of_16(bad):
-    with pytest.raises(train.ConfigError, match="--unet-size must be a positive multiple of 16"):
-        train.resolve_config(train.parse_args(["--dataset", "fundus", "--unet-size", bad, "--device", "cpu"]))
+    with pytest.raises(config.ConfigError, match="--unet-size must be a positive multiple of 16"):
+        config.resolve_config(config.parse_args(["--dataset", "fundus", "--unet-size", bad, "--device", "cpu"]))

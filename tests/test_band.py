@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import train
+from records import config
 from hardware import speedups
 from records import runlog
 
@@ -22,7 +23,7 @@ def load_band():
 
 def fake_run(folder: Path, seed: int, dice: dict[str, list[float]], **cfg_over) -> Path:
     """A finished synthetic run folder: config.json of the preset and evals.csv whose last step holds `dice`."""
-    cfg = train.resolve_config(train.parse_args(["--dataset", "synthetic", "--seed", str(seed), "--device", "cpu"]))
+    cfg = config.resolve_config(config.parse_args(["--dataset", "synthetic", "--seed", str(seed), "--device", "cpu"]))
     cfg.update(cfg_over)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(cfg))

@@ -435,7 +435,7 @@ def test_image_and_mask_size_differ(tmp_path):
 
 @pytest.mark.parametrize("other_run_first", [False, True])
 def test_synthetic_generated_whole_or_not_at_all(tmp_path, monkeypatch, other_run_first):
-    # train.dataset_root writes the set into a private folder and renames it when complete, so a run never
+    # data.dataset_root writes the set into a private folder and renames it when complete, so a run never
     # reads a half-written set; when another run completed the same set first, ours is dropped without error
     import train
     monkeypatch.setitem(data.PRESETS["synthetic"], "n_train", 1)
@@ -452,7 +452,7 @@ def test_synthetic_generated_whole_or_not_at_all(tmp_path, monkeypatch, other_ru
         return Path(out)
 
     monkeypatch.setattr(synthetic, "synthesize", watched)
-    root = train.dataset_root({"dataset": "synthetic", "data_root": str(tmp_path), "data_seed": 9})
+    root = data.dataset_root({"dataset": "synthetic", "data_root": str(tmp_path), "data_seed": 9})
     assert root == final and written[0].parent == tmp_path
     assert len(list(root.rglob("*.png"))) == 16  # 4 domains x (1 train + 1 test) x (image + mask)
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic_s9"]  # no private folder left behind

@@ -34,11 +34,11 @@ def section(text: str, title: str) -> str:
 
 
 def _parse_train(argv):
-    import train
-    given = train.parse_args(argv)
     import data
+    from records import config
+    given = config.parse_args(argv)  # train.py's flags
     if "resume" not in given and given.get("dataset", "synthetic") in data.PRESETS:  # a dataset.json folder of the
-        train.resolve_config(given)  # example may not exist; presets check the flag combination too (--alpha with --mode unet)
+        config.resolve_config(given)  # example may not exist; presets check the flag combination too (--alpha with --mode unet)
 
 
 def _parse_evaluate(argv):

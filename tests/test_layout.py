@@ -114,3 +114,32 @@ def test_ci_script_one_liners_run():
         r = subprocess.run([sys.executable, *shlex.split(line)[1:]], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0 and r.stdout.strip(), r.stderr[-1000:]
+
+
+def test_evaluate_and_predict_import_neither_other():
+    """The two command lines share records/cli.py, never each other (each one stands alone)."""
+    g = graph()
+    assert "predict" not in g["evaluate"] and "evaluate" not in g["predict"]
+    assert g["records.cli"] <= {"data", "medsam_lora", "hardware.speedups", "records.checkpoint"}
+
+
+def test_no_function_outside_bench_is_longer_than_80_lines():
+    """Every function reads on one screen or two (bench/ scripts excepted: one tool per question)."""
+    long = [f"{p.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in ROOT.rglob("*.py") if "bench" not in p.relative_to(ROOT).parts
+            for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, long
+
+
+def test_train_shows_the_loop_with_autocast_scaler_and_ema():
+    """train.py's train() is at most 60 lines and the step it calls, in train.py, holds the autocast, the
+    GradScaler's backward and step, and the EMA update (the design card: an explicit loop with AMP and EMA)."""
+    tree = ast.parse((ROOT / "train.py").read_text())
+    fns = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert fns["train"].end_lineno - fns["train"].lineno + 1 <= 60
+    assert "train_step" in {c.func.id for c in ast.walk(fns["train"]) if isinstance(c, ast.Call)
+                            and isinstance(c.func, ast.Name)}
+    step = ast.unparse(fns["train_step"]) + ast.unparse(fns["update"])
+    for piece in ("run.amp()", "run.scaler.scale(", "run.scaler.step(", "run.scaler.update()", "ema(teacher, student"):
+        assert piece in step, piece

@@ -1,6 +1,6 @@
 """--sam-ckpt: SAM / MedSAM ViT-B, ViT-L and ViT-H state dicts are recognised from their tensor shapes
 (full-size key/shape tables on the meta device: no weights allocated), a small random SAM-format file
-loads through build_sam (plain and wrapped as {"model": sd}), and wrong files get one CheckpointError line."""
+loads through build_sam (plain and wrapped as {"model": sd}), and wrong files get one WeightsError line."""
 import pytest
 import torch
 import torch.nn as nn
@@ -83,7 +83,7 @@ def one_line_error(tmp_path, obj_or_bytes, *needles):
         path.write_bytes(obj_or_bytes)
     else:
         torch.save(obj_or_bytes, path)
-    with pytest.raises(ml.CheckpointError) as e:
+    with pytest.raises(ml.WeightsError) as e:
         ml.build_sam("medsam", 3, path)
     msg = str(e.value)
     assert "\n" not in msg and "x.pth" in msg, msg
@@ -108,5 +108,5 @@ def test_wrong_files_say_what_was_found_and_expected(tmp_path):
     one_line_error(tmp_path, gap, "encoder blocks", expected)
     odd = dict(full, **{"image_encoder.blocks.0.attn.rel_pos_h": torch.zeros(31, 32)})
     one_line_error(tmp_path, odd, "rel_pos rows", "127 rows")
-    with pytest.raises(ml.CheckpointError, match="not found"):
+    with pytest.raises(ml.WeightsError, match="not found"):
         ml.build_sam("medsam", 3, tmp_path / "missing.pth")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from medsam_lora import LoRAQKV, build_sam, make_teacher
-from medsam_lora import DROPPED_PREFIXES, CheckpointError
+from medsam_lora import DROPPED_PREFIXES, WeightsError
 from synfoc import ema_update
 
 TINY = dict(image_size=256, embed_dim=48, depth=4, num_heads=3, window_size=8, global_attn_indexes=(1, 3))
@@ -307,7 +307,7 @@ def test_trainable_state_round_trip(tmp_path):
         assert not torch.equal(other(x), model(x))
         other.load_trainable_state_dict(torch.load(tmp_path / "sam.pth", weights_only=True))
         assert torch.equal(other(x), model(x))
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(WeightsError, match="missing"):
         build_sam("medsam", 4, None, **TINY).load_trainable_state_dict(model.trainable_state_dict())
 
 
@@ -340,7 +340,7 @@ def test_teacher_shares_encoder(backbone, lite):
 
 def test_missing_checkpoint(tmp_path):
     path = tmp_path / "medsam_vit_b.pth"
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(WeightsError) as e:
         build_sam("medsam", 2, path, **TINY)
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg and "bowang-lab/MedSAM" in msg and "--sam litemedsam" in msg
@@ -348,15 +348,15 @@ def test_missing_checkpoint(tmp_path):
 
 def test_not_a_sam_checkpoint(tmp_path, sam512):
     torch.save({"encoder.weight": torch.zeros(3), "head.bias": torch.zeros(2)}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match=r"other.pth is not a SAM/MedSAM state dict.*: (\d+) missing, 2 unexpected") as e:
+    with pytest.raises(WeightsError, match=r"other.pth is not a SAM/MedSAM state dict.*: (\d+) missing, 2 unexpected") as e:
         build_sam("medsam", 2, tmp_path / "other.pth", **TINY)
     assert "\n" not in str(e.value)
     sd, _ = sam512  # a ViT with one block too few
     torch.save({k: v for k, v in sd.items() if not k.startswith("image_encoder.blocks.3.")}, tmp_path / "cut.pth")
-    with pytest.raises(CheckpointError, match=r"\d+ missing, 0 unexpected"):
+    with pytest.raises(WeightsError, match=r"\d+ missing, 0 unexpected"):
         build_sam("medsam", 2, tmp_path / "cut.pth", **TINY)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read") as e:
+    with pytest.raises(WeightsError, match="cannot read") as e:
         build_sam("medsam", 2, tmp_path / "junk.pth", **TINY)
     assert "\n" not in str(e.value)
 

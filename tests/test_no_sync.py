@@ -18,13 +18,15 @@ import torch
 
 import synfoc
 import train
+from records import config
+import data
 
 pytestmark = pytest.mark.cuda
 
 
 def build(amp: str) -> synfoc.Run:
     with tempfile.TemporaryDirectory() as out:
-        cfg = train.resolve_config(train.parse_args([
+        cfg = config.resolve_config(config.parse_args([
             "--dataset", "fundus", "--sam", "tiny", "--fast-attn", "--amp", amp, "--unet-width", "8",
             "--batch", "2", "2", "--burn-in", "0", "--steps", "100", "--device", "cuda", "--out", out]))
     cfg["unet_size"] = 64
@@ -47,7 +49,7 @@ def inputs(run: synfoc.Run, steps: int) -> tuple[dict, dict, list[torch.Tensor]]
     lb = dict(img_unet=rand(L, Cin, S, S), img_sam=rand(L, 3, I, I), label_unet=label(L, S, S), label_sam=label(L, R, R))
     ub = dict(weak_unet=rand(U, Cin, S, S), weak_sam=rand(U, 3, I, I), strong_unet=rand(U, Cin, S, S),
               strong_sam=rand(U, 3, I, I), label_unet=label(U, S, S), label_sam=label(U, R, R))
-    masks = [train.boxes(t, U, S, 0).to(dev) for t in range(steps)]
+    masks = [data.boxes(t, U, S, 0).to(dev) for t in range(steps)]
     return lb, ub, masks
 
 
@@ -65,12 +67,12 @@ def test_optimised_train_step_never_syncs(amp):
     assert run.opt_unet.defaults["fused"] and run.opt_sam.defaults["fused"]  # the optimised step's optimisers
     assert run.scaler.is_enabled() is (amp == "fp16")
     lb, ub, masks = inputs(run, 2)
-    synfoc.train_step(run, lb, ub, masks[0], 0)  # warm-up: lazy init (cuBLAS handles, optimiser state) may sync
+    train.train_step(run, lb, ub, masks[0], 0)  # warm-up: lazy init (cuBLAS handles, optimiser state) may sync
     torch.cuda.synchronize()
     before = snapshot(run)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = synfoc.train_step(run, lb, ub, masks[1], 1)
+        out = train.train_step(run, lb, ub, masks[1], 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     bad = {k: float(out[k]) for k in synfoc.LOSS_NAMES if not torch.isfinite(out[k])}

@@ -10,6 +10,8 @@ import torch
 
 import synfoc
 import train
+from records import config
+import data
 
 
 def test_oracle_targets_are_the_ground_truth():
@@ -31,10 +33,10 @@ def test_table7_oracle_row():
 
 
 def test_oracle_needs_unlabeled_images():
-    with pytest.raises(train.ConfigError, match="--pseudo-labels oracle needs unlabeled images"):
-        train.resolve_config(train.parse_args(["--dataset", "synthetic", "--mode", "suponly",
+    with pytest.raises(config.ConfigError, match="--pseudo-labels oracle needs unlabeled images"):
+        config.resolve_config(config.parse_args(["--dataset", "synthetic", "--mode", "suponly",
                                                "--pseudo-labels", "oracle", "--device", "cpu"]))
-    cfg = train.resolve_config(train.parse_args(["--dataset", "synthetic", "--pseudo-labels", "oracle",
+    cfg = config.resolve_config(config.parse_args(["--dataset", "synthetic", "--pseudo-labels", "oracle",
                                                  "--device", "cpu"]))
     assert cfg["out"].endswith("synthetic_d1_synfoc_oracle")
 
@@ -61,7 +63,7 @@ def encoded_batches(run, L=2, U=3, seed=0):
     lab, img = sample(U)
     ub = dict(weak_unet=img(S), weak_sam=img(I), strong_unet=img(S), strong_sam=img(I), label_unet=at(lab, S),
               label_sam=at(lab, R))
-    return lb, ub, train.boxes(0, U, S, seed)
+    return lb, ub, data.boxes(0, U, S, seed)
 
 
 def decode(x, n=None):
@@ -82,7 +84,7 @@ def mismatch(run) -> tuple[float, float]:
 
 
 def make_oracle_run():
-    cfg = train.resolve_config(train.parse_args(["--dataset", "fundus", "--sam", "tiny", "--unet-width", "4",
+    cfg = config.resolve_config(config.parse_args(["--dataset", "fundus", "--sam", "tiny", "--unet-width", "4",
                                                  "--unet-size", "32", "--amp", "off", "--device", "cpu",
                                                  "--pseudo-labels", "oracle"]))
     torch.manual_seed(0)

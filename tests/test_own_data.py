@@ -18,6 +18,7 @@ import evaluate
 import metrics
 import predict
 import train
+from records import config
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACING = (0.8, 0.7, 3.0)  # mm per voxel along the three array axes
@@ -320,7 +321,7 @@ def test_tensorboard_events(tmp_path, shared_data):
 
 def test_tensorboard_missing_is_one_line(tmp_path, shared_data, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
-    with pytest.raises(train.ConfigError, match="pip install tensorboard"):
+    with pytest.raises(config.ConfigError, match="pip install tensorboard"):
         train.train(["--dataset", "fundus", "--data-root", str(shared_data), "--labeled", "1", "--sam", "tiny",
                      "--unet-width", "4", "--steps", "1", "--device", "cpu", "--tensorboard", "--out",
                      str(tmp_path / "r")])

@@ -16,7 +16,9 @@ from PIL import Image
 
 import data
 import predict
+from records.checkpoint import upgrade
 import train
+from records import config
 from dataio import nifti
 
 
@@ -46,7 +48,7 @@ def fake_checkpoint(monkeypatch, my_set: Path, seen: list | None = None) -> None
     desc = json.loads((my_set / "dataset.json").read_text())
     cfg = dict(dataset=str(my_set), dataset_description=desc, unet_size=16, in_channels=desc["channels"], amp="off")
     monkeypatch.setattr(predict, "checkpoint_path", Path)
-    monkeypatch.setattr(predict, "load_checkpoint", lambda path: {"config": cfg})
+    monkeypatch.setattr(predict, "load_checkpoint", lambda path: {"config": upgrade(cfg)})  # as load_checkpoint
     monkeypatch.setattr(predict, "build_students", lambda *a, **k: {})
     monkeypatch.setattr(predict, "predict", lambda m, x, *a: {"unet": torch.zeros(len(x), 16, 16, dtype=torch.long)})
     monkeypatch.setattr(predict, "predict_slices", lambda m, c, sl, *a: [(s > 128).astype(np.int64) for s in sl])
@@ -283,7 +285,7 @@ def test_semi_supervised_with_no_unlabeled_image_is_refused_before_the_run_folde
     my_set = png_set(tmp_path / "S", {0: grey(90), 1: grey(120)}, domains=("a",))
     data.check.init(my_set)
     out = tmp_path / "run"
-    with pytest.raises(train.ConfigError, match=r"--mode unet is semi-supervised.*--labeled / --labeled-ratio"
+    with pytest.raises(config.ConfigError, match=r"--mode unet is semi-supervised.*--labeled / --labeled-ratio"
                                                 r".*--mode suponly"):
         train.train(["--dataset", str(my_set), "--mode", "unet", "--sam", "tiny", "--unet-width", "4", "--labeled", "2",
                      "--batch", "1", "1", "--steps", "2", "--device", "cpu", "--amp", "off", "--out", str(out)])

@@ -17,6 +17,7 @@ from PIL import Image
 import data
 from dataio import nifti
 import predict
+from records.checkpoint import upgrade
 from records import runlog
 import train
 
@@ -379,7 +380,7 @@ def fake_checkpoint(monkeypatch, my_set: Path) -> None:
     cfg = dict(dataset=str(my_set), dataset_description=json.loads((my_set / "dataset.json").read_text()),
                unet_size=32, in_channels=1, amp="off")
     monkeypatch.setattr(predict, "checkpoint_path", Path)
-    monkeypatch.setattr(predict, "load_checkpoint", lambda path: {"config": cfg})
+    monkeypatch.setattr(predict, "load_checkpoint", lambda path: {"config": upgrade(cfg)})  # as load_checkpoint
     monkeypatch.setattr(predict, "build_students", lambda *a, **k: {})
     monkeypatch.setattr(predict, "predict_slices", stand_in)
 

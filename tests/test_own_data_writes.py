@@ -21,6 +21,7 @@ from PIL import Image
 
 import data
 import predict
+from records.checkpoint import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([2.0, 2.0, 1.0, 1.0])
@@ -35,12 +36,13 @@ job = json.loads(sys.argv[2])
 import numpy as np, torch
 from PIL import Image
 import data, predict
+from records.checkpoint import upgrade
 
 if job.get("set"):
     desc = json.loads((Path(job["set"]) / "dataset.json").read_text())
     cfg = dict(dataset=job["set"], dataset_description=desc, unet_size=16, in_channels=desc["channels"], amp="off")
     predict.checkpoint_path = Path
-    predict.load_checkpoint = lambda path: {"config": cfg}
+    predict.load_checkpoint = lambda path: {"config": upgrade(cfg)}  # as load_checkpoint
     predict.build_students = lambda *a, **k: {}
     predict.predict = lambda m, x, *a: {"unet": torch.zeros(x.shape[0], 16, 16, dtype=torch.long)}
     predict.predict_slices = lambda m, c, slices, *a: [(s > 128).astype(np.int64) for s in slices]
@@ -221,7 +223,7 @@ def test_read_only_out_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch
         desc = json.loads((my_set / "dataset.json").read_text())
         cfg = dict(dataset=str(my_set), dataset_description=desc, unet_size=16, in_channels=1, amp="off")
         monkeypatch.setattr(predict, "checkpoint_path", Path)
-        monkeypatch.setattr(predict, "load_checkpoint", lambda path: {"config": cfg})
+        monkeypatch.setattr(predict, "load_checkpoint", lambda path: {"config": upgrade(cfg)})  # as load_checkpoint
         monkeypatch.setattr(predict, "build_students", lambda *a, **k: {})
         monkeypatch.setattr(predict, "predict", lambda m, x, *a: {"unet": torch.zeros(1, 16, 16, dtype=torch.long)})
         monkeypatch.setattr(predict, "predict_slices", lambda m, c, sl, *a: [(s > 128).astype(np.int64) for s in sl])

@@ -1,11 +1,12 @@
 """The paper presets follow the authors' protocol: METHOD.md §8's table of resolved presets is read here and every
-cell is checked against train.resolve_config, so the table and the code cannot drift apart."""
+cell is checked against config.resolve_config, so the table and the code cannot drift apart."""
 import re
 from pathlib import Path
 
 import pytest
 
 import train
+from records import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,15 +40,15 @@ def test_table_lists_every_paper_preset():
 
 @pytest.mark.parametrize("name", ["prostate", "fundus", "mnms", "busi"])
 def test_resolved_preset_is_the_table(name):
-    cfg = train.resolve_config(train.parse_args(["--dataset", name, "--device", "cuda"]))
+    cfg = config.resolve_config(config.parse_args(["--dataset", name, "--device", "cuda"]))
     row = preset_table()[name]
     assert {k: shown(cfg[k]) for k in row} == row
-    assert cfg["amp"] == "fp16" and cfg["mode"] == "synfoc" and cfg["sam_ckpt"] == train.DEFAULT_SAM_CKPT
+    assert cfg["amp"] == "fp16" and cfg["mode"] == "synfoc" and cfg["sam_ckpt"] == config.DEFAULT_SAM_CKPT
 
 
 def test_the_authors_batch_rule_follows_the_labeled_count():
     """Their `if lb_num < 8: 2 + 2 else 4 + 4`; a labeled ratio keeps their lb_num default (40): 4 + 4; --batch wins."""
-    resolve = lambda *a: train.resolve_config(train.parse_args(list(a)))  # noqa: E731
+    resolve = lambda *a: config.resolve_config(config.parse_args(list(a)))  # noqa: E731
     assert resolve("--dataset", "prostate", "--labeled", "7")["batch"] == [2, 2]
     assert resolve("--dataset", "prostate", "--labeled", "8")["batch"] == [4, 4]
     assert resolve("--dataset", "mnms", "--labeled", "10")["batch"] == [4, 4]

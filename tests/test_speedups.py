@@ -11,11 +11,13 @@ import torch
 from hardware import speedups
 import synfoc
 import train
+from records import config
+import data
 from medsam_lora import build_sam
 
 
 def lite_run(plain: bool, lite_size: int = 64):
-    cfg = train.resolve_config(train.parse_args(
+    cfg = config.resolve_config(config.parse_args(
         ["--dataset", "synthetic", "--lite-size", str(lite_size), "--unet-width", "4", "--amp", "off", "--device", "cpu",
          "--unet-size", "256",  # the size these tolerances were set at: at 128 one consensus pixel flips L_c by 2e-4
          "--batch", "1", "2", "--steps", "10", "--burn-in", "0", "--tau", "0.4"] + (["--plain"] if plain else [])))
@@ -33,7 +35,7 @@ def batches(run, seed=0):
               strong_unet=torch.rand(U, 3, S, S, generator=g), strong_sam=torch.rand(U, 3, I, I, generator=g),
               label_unet=torch.randint(0, 3, (U, S, S), generator=g),
               label_sam=torch.randint(0, 3, (U, R, R), generator=g))
-    return lb, ub, train.boxes(0, U, S, 0)
+    return lb, ub, data.boxes(0, U, S, 0)
 
 
 def test_fold_equals_conv_then_batchnorm():
@@ -89,17 +91,17 @@ def test_optimised_step_equals_plain_step_fp32():
 
 
 def test_plain_refuses_the_opt_in_speedups():
-    with pytest.raises(train.ConfigError, match="--plain"):
-        train.resolve_config(train.parse_args(["--dataset", "fundus", "--plain", "--compile"]))
+    with pytest.raises(config.ConfigError, match="--plain"):
+        config.resolve_config(config.parse_args(["--dataset", "fundus", "--plain", "--compile"]))
 
 
 def test_ema_picks_foreach_unless_plain(monkeypatch):
     """The optimised step updates the teachers with speedups.ema_foreach, the plain one with the loop."""
     calls = []
-    monkeypatch.setattr(synfoc, "ema_update", lambda *a: calls.append("loop"))
-    monkeypatch.setattr(synfoc, "ema_foreach", lambda *a: calls.append("foreach"))
+    monkeypatch.setattr(train, "ema_update", lambda *a: calls.append("loop"))  # train.update picks one
+    monkeypatch.setattr(train, "ema_foreach", lambda *a: calls.append("foreach"))
     for plain in (True, False):
         run = lite_run(plain)
         lb, ub, M = batches(run)
-        synfoc.train_step(run, lb, ub, M, 5)
+        train.train_step(run, lb, ub, M, 5)
     assert calls == ["loop", "loop", "foreach", "foreach"]  # U-Net and SAM teacher, each step

@@ -6,12 +6,13 @@ import torch
 
 import synfoc
 import train
+from records import config
 
 S_IN = 32  # U-Net size of these tests (the tiny SAM works at I = 64, R = 16)
 
 
 def make_run(*extra, seed=0):
-    cfg = train.resolve_config(train.parse_args(
+    cfg = config.resolve_config(config.parse_args(
         ["--dataset", "fundus", "--sam", "tiny", "--unet-width", "4", "--amp", "off", "--device", "cpu",
          "--steps", "10", "--seed", str(seed), *extra]))
     cfg["unet_size"] = S_IN
@@ -211,13 +212,13 @@ def test_baseline_matches_single_teacher(mode):
 def test_train_step_burn_in_is_supervised_only():
     run = make_run("--burn-in", "3")
     lb, ub, M = batches(run)
-    out = synfoc.train_step(run, lb, ub, M, 2)
+    out = train.train_step(run, lb, ub, M, 2)
     assert float(out["L_u"]) == 0 and float(out["loss"]) == float(out["L_x"]) > 0
     assert synfoc.lam(2, run.cfg) == 0.0
     assert synfoc.lam(3, run.cfg) == pytest.approx(np.exp(-5.0))      # the ramp restarts at K
     assert synfoc.lam(10, run.cfg) == pytest.approx(1.0)
     assert synfoc.lam(6, run.cfg) == pytest.approx(np.exp(-5 * (1 - 3 / 7) ** 2))
-    out = synfoc.train_step(run, lb, ub, M, 3)
+    out = train.train_step(run, lb, ub, M, 3)
     assert float(out["L_u"]) > 0
 
 
@@ -227,7 +228,7 @@ def test_bf16_autocast_is_used():
     dtypes = []
     for m in (run.unet.head, run.sam.mask_decoder.output_upscaling):  # a conv of each model
         m.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
-    out = synfoc.synfoc_losses(run, lb, ub, M, 3)
+    out = train.train_step(run, lb, ub, M, 3)  # the autocast is the step's (train.py), around synfoc's losses
     assert dtypes and all(d == torch.bfloat16 for d in dtypes)
     assert all(v.dtype == torch.float32 for k, v in out.items() if k in synfoc.LOSS_NAMES)  # losses in fp32
 

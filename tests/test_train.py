@@ -14,6 +14,9 @@ import losses
 import medsam_lora
 import synfoc
 import train
+from records import config
+from records import plan
+import data
 from dataio.spec import DOWNLOADS
 from records import checkpoint, runlog
 
@@ -61,7 +64,7 @@ def test_run_folder_contents(shared_data, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["dataset"] == "fundus" and cfg["sam"] == "tiny" and cfg["unet_width"] == 4
     ck = load(run / "last.pt")
-    assert ck["format"] == train.CKPT_FORMAT and ck["step"] == 2
+    assert ck["format"] == checkpoint.CKPT_FORMAT and ck["step"] == 2
     assert set(ck) >= {"unet", "unet_ema", "sam", "sam_ema", "opt_unet", "opt_sam", "scaler", "rng", "config"}
     for student in ("unet", "medsam"):  # each student's own test-selected step (the authors' protocol)
         best = load(run / f"best_test_selected_{student}.pt")
@@ -194,16 +197,16 @@ def test_cli_errors_are_one_line(shared_data, tmp_path, capsys):
 
 
 def test_flags_override_presets():
-    cfg = train.resolve_config(train.parse_args(["--dataset", "mnms", "--steps", "7", "--batch", "3", "1"]))
+    cfg = config.resolve_config(config.parse_args(["--dataset", "mnms", "--steps", "7", "--batch", "3", "1"]))
     assert cfg["steps"] == 7 and cfg["batch"] == [3, 1] and cfg["num_classes"] == 4 and cfg["unet_size"] == 288
-    cfg = train.resolve_config(train.parse_args(["--dataset", "busi", "--labeled", "10"]))
+    cfg = config.resolve_config(config.parse_args(["--dataset", "busi", "--labeled", "10"]))
     assert cfg["labeled"] == 10 and cfg["labeled_ratio"] is None
-    cfg = train.resolve_config(train.parse_args(["--dataset", "busi"]))
+    cfg = config.resolve_config(config.parse_args(["--dataset", "busi"]))
     assert cfg["labeled"] is None and cfg["labeled_ratio"] == pytest.approx(0.125)
 
 
 def test_reference_line_only_for_the_measured_budget(tmp_path, monkeypatch):
-    cfg = train.resolve_config(train.parse_args(["--steps", "200", "--batch", "2", "2"]))
+    cfg = config.resolve_config(config.parse_args(["--steps", "200", "--batch", "2", "2"]))
     budget = {k: cfg[k] for k in runlog.BUDGET_KEYS}
     ref = dict(date="2026-11-26", machine="m", data_seed=0, seed=0, budget=budget,
                results={"SupOnly": {"unet": {"Domain1": 0.9, "Domain2": 0.1, "Domain3": 0.2, "Domain4": 0.3, "mean": 0.375}}})
@@ -224,8 +227,8 @@ def test_reference_line_only_for_the_measured_budget(tmp_path, monkeypatch):
 def test_unet_layer_flag_reaches_the_model_and_the_checkpoint(shared_data, tmp_path):
     """--unet-layer group: the trained U-Net has GroupNorm (no running statistics in last.pt), and the
     checkpoint's students are rebuilt with it (strict load); the synthetic preset uses it, the paper's not."""
-    assert train.resolve_config(train.parse_args([]))["unet_layer"] == "group"
-    assert train.resolve_config(train.parse_args(["--dataset", "fundus"]))["unet_layer"] == "batch"
+    assert config.resolve_config(config.parse_args([]))["unet_layer"] == "group"
+    assert config.resolve_config(config.parse_args(["--dataset", "fundus"]))["unet_layer"] == "batch"
     run = train.train(args(shared_data, tmp_path / "g", "--steps", "1", "--unet-layer", "group"))
     ck = load(run / "last.pt")
     assert ck["config"]["unet_layer"] == "group" and not any("running_mean" in k for k in ck["unet"])
@@ -239,10 +242,10 @@ def test_unet_layer_flag_reaches_the_model_and_the_checkpoint(shared_data, tmp_p
 def test_sam_learning_rate_follows_the_authors_code():
     # their --warmup divides the AdamW rate once (0.03 / 250) and never raises it: 1.2e-4 on the paper's data;
     # the synthetic preset keeps its measured 1e-4; the flag wins over both
-    assert train.resolve_config(train.parse_args(["--dataset", "fundus"]))["lr_sam"] == pytest.approx(0.03 / 250)
-    assert train.resolve_config(train.parse_args(["--dataset", "prostate"]))["lr_sam"] == pytest.approx(1.2e-4)
-    assert train.resolve_config(train.parse_args([]))["lr_sam"] == 1e-4
-    assert train.resolve_config(train.parse_args(["--dataset", "fundus", "--lr-sam", "1e-4"]))["lr_sam"] == 1e-4
+    assert config.resolve_config(config.parse_args(["--dataset", "fundus"]))["lr_sam"] == pytest.approx(0.03 / 250)
+    assert config.resolve_config(config.parse_args(["--dataset", "prostate"]))["lr_sam"] == pytest.approx(1.2e-4)
+    assert config.resolve_config(config.parse_args([]))["lr_sam"] == 1e-4
+    assert config.resolve_config(config.parse_args(["--dataset", "fundus", "--lr-sam", "1e-4"]))["lr_sam"] == 1e-4
 
 
 def test_dry_run_prints_the_plan_and_every_missing_prerequisite(shared_data, tmp_path, capsys):
@@ -259,18 +262,18 @@ def test_dry_run_prints_the_plan_and_every_missing_prerequisite(shared_data, tmp
     assert "U-Net width 4 at 64 px; a tiny random ViT at 64 px (logits 16)" in out
     assert re.search(r"memory of one training step .*: peak \d+\.\d\d GiB", out)
     assert "missing: data root" in out and DOWNLOADS["fundus"].split()[0] in out
-    cfg = train.resolve_config(train.parse_args([*base[:-1], "--data-root", str(shared_data)]))
-    assert train.prerequisites(cfg) == ([], [])  # with the data there: "every prerequisite is there", exit 0
-    assert "every prerequisite is there" in train.plan(dict(cfg, sam_size=64, sam_logit_size=16), None, [])
+    cfg = config.resolve_config(config.parse_args([*base[:-1], "--data-root", str(shared_data)]))
+    assert plan.prerequisites(cfg) == ([], [])  # with the data there: "every prerequisite is there", exit 0
+    assert "every prerequisite is there" in plan.plan(dict(cfg, sam_size=64, sam_logit_size=16), None, [])
 
 
 def test_a_weights_file_with_another_md5_is_named(tmp_path):
     """A present MedSAM file is hashed: a sum that is not a published one is a warning naming it, not an error."""
     bad = tmp_path / "medsam_vit_b.pth"
     bad.write_bytes(b"half a download")
-    cfg = train.resolve_config(train.parse_args(["--dataset", "synthetic", "--sam", "medsam", "--sam-ckpt", str(bad)]))
-    missing, warnings = train.prerequisites(cfg)
+    cfg = config.resolve_config(config.parse_args(["--dataset", "synthetic", "--sam", "medsam", "--sam-ckpt", str(bad)]))
+    missing, warnings = plan.prerequisites(cfg)
     assert missing == [] and len(warnings) == 1
     assert str(bad) in warnings[0] and medsam_lora.file_md5(bad) in warnings[0] and medsam_lora.MEDSAM_MD5 in warnings[0]
     cfg["mode"] = "suponly"  # a run without SAM needs no SAM file at all
-    assert train.prerequisites(dict(cfg, sam_ckpt=str(tmp_path / "absent.pth"))) == ([], [])
+    assert plan.prerequisites(dict(cfg, sam_ckpt=str(tmp_path / "absent.pth"))) == ([], [])
