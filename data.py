@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("check", help="cases per domain/split, class pixel fractions, image sizes and every problem")
     ch.add_argument("--dataset", required=True, metavar="NAME_OR_FOLDER",
                     help=f"a preset ({', '.join(PRESETS)}) or a folder holding dataset.json")
-    ch.add_argument("--data-root", default="data", help="folder holding the preset dataset folders (default data)")
+    ch.add_argument("--data-root", default="data", help="folder holding the preset dataset folders (default %(default)s)")
     it = sub.add_parser("init", help="write <folder>/dataset.json from the domain folders, splits, images and masks found")
     it.add_argument("folder", help="the dataset folder: <folder>/<domain>/...")
     it.add_argument("--force", action="store_true", help="replace an existing dataset.json")

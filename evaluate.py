@@ -354,22 +354,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "last step, the paper's numbers beside them; evaluations already written are reused")
     p.add_argument("--data-root", help="folder holding the dataset folder, e.g. data for data/Fundus "
                                        "(default: the one recorded in the checkpoint)")
-    p.add_argument("--split", choices=["test", "train"], default="test", help="which split of every domain (default test)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split of every domain (default %(default)s)")
     p.add_argument("--limit", type=int, help="only the first N slices of each domain (quick checks)")
     p.add_argument("--per-volume", action="store_true",
                    help="also 3D metrics per volume (prostate, mnms: slices grouped by the case id in the file name)")
     p.add_argument("--curves", action="store_true",
                    help="only draw the run folder's metrics.csv (and evals.csv) as <run>/curves.png; no evaluation")
     p.add_argument("--sam-ckpt", help="base SAM/MedSAM ViT-B/L/H weights (default: the path recorded in the checkpoint)")
-    p.add_argument("--overlays", type=int, default=0, help="write N overlay PNGs per domain and model (default 0)")
+    p.add_argument("--overlays", type=int, default=0, help="write N overlay PNGs per domain and model (default %(default)s)")
     p.add_argument("--out", help="output folder (default <checkpoint folder>/eval_<checkpoint stem>; with several "
                                  "runs <parent of the first>/eval_mean_of_<N>)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=4, help="test images per forward pass (default 4)")
+    p.add_argument("--batch-size", type=int, default=4, help="test images per forward pass (default %(default)s)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default: 4 on CUDA, 0 on CPU)")
     p.add_argument("--amp", choices=list(AMP_CHOICES), default="off",
-                   help="autocast for the forward passes: off = fp32, as the authors' test (default); auto = the "
-                        "training setting on CUDA, on a CPU bf16 only where it is native and the run trained in bf16")
+                   help="autocast for the forward passes: off = fp32, as the authors' test; auto = the training "
+                        "setting on CUDA, on a CPU bf16 only where it is native and the run trained in bf16 (default "
+                        "%(default)s)")
     a = p.parse_args(argv)
     for flag in ("limit", "batch_size"):
         v = getattr(a, flag)

@@ -226,7 +226,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
                    help="autocast for the forward passes; auto = the training setting on CUDA, on a CPU bf16 only "
-                        "where it is native and the run trained in bf16, else off (default auto)")
+                        "where it is native and the run trained in bf16, else off (default %(default)s)")
     return p.parse_args(argv)
 
 

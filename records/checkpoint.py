@@ -1,7 +1,9 @@
-"""A run's checkpoints: save / load them, rebuild the students from one, predict with them.
+"""A run's checkpoints: save / load them, read their configs, resume a run, rebuild the students, predict.
 
-    save_atomic(obj, path)                       # torch.save to path.tmp, then rename
-    ck = load_checkpoint("runs/x")               # a run folder means its last.pt; CheckpointError otherwise
+    save_atomic(run_checkpoint(run, step, best), path)   # torch.save to path.tmp, then rename
+    ck = load_checkpoint("runs/x")               # a run folder means its last.pt; CheckpointError otherwise;
+                                                 #   ck["config"] through upgrade (older configs' fallbacks)
+    step, best = restore(run, ck)                # a freshly built run continues exactly (train.py --resume)
     models = build_students(ck, device, ["medsam", "unet"], sam_ckpt=None)   # eval-mode students
     preds = predict(models, img_unet, img_sam, S, amp_dtype)                 # {name: int64 [B,S,S]}
 
