@@ -130,6 +130,11 @@ SETTINGS = {f.name: f for f in dataclasses.fields(Settings)}
 _TYPES = typing.get_type_hints(Settings)
 
 
+def flag(key: str) -> str:
+    """A setting's flag: lr_sam -> --lr-sam."""
+    return "--" + key.replace("_", "-")
+
+
 def _default_text(f: dataclasses.Field) -> str:
     """The "(default ...)" of a flag's help, from the one declaration: the declared default (for a DATASET one,
     PAPER_TRAIN's: what a dataset.json set without it gets) and each preset that sets another value."""
@@ -160,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
             kw["type"] = base[0]
         if "choices" in kw:
             kw["choices"] = list(kw["choices"])
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+        p.add_argument(flag(f.name), **kw)
     p.add_argument("--resume", nargs="?", const="", help="continue from a run folder or checkpoint (no value: the run "
                                                          "folder of these flags)")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
@@ -173,10 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> dict:
     """Only the flags the user actually gave, as {setting: value}."""
     return vars(build_parser().parse_args(argv))
-
-
-def flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
 
 
 def resolve_config(given: dict) -> dict:
@@ -278,6 +279,6 @@ def setup(given: dict) -> tuple[dict, dict | None]:
     saved, fresh = ck["config"], resolve_config(given)
     for k in sorted(set(given) - set(RESUME_MAY_CHANGE)):
         if fresh.get(k) != saved.get(k):
-            raise ConfigError(f"--resume continues the saved configuration, but --{k.replace('_', '-')} {fresh.get(k)} "
-                              f"differs from the saved {saved.get(k)} (only --device, --workers, --threads may change)")
+            raise ConfigError(f"--resume continues the saved configuration, but {flag(k)} {fresh.get(k)} "
+                              f"differs from the saved {saved.get(k)} (only {', '.join(map(flag, RESUME_MAY_CHANGE))} may change)")
     return dict(saved, out=str(path.parent), **{k: given[k] for k in RESUME_MAY_CHANGE if k in given}), ck
