@@ -53,7 +53,6 @@ and predict.py (also on NIfTI volumes, with the set's intensity rule) work witho
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -64,7 +63,7 @@ from evaluate import evaluate_students
 from hardware import distributed
 from hardware.speedups import ema_foreach
 from records.checkpoint import restore
-from records.cli import USER_ERRORS
+from records.cli import one_line_errors
 from records.config import ConfigError, parse_args, setup
 from records.plan import dry_run, require
 from records.tracking import Tracker
@@ -163,12 +162,9 @@ def train(argv: list[str] | None = None, stop_at: int | None = None) -> Path | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
+    with one_line_errors(ConfigError, FloatingPointError):  # a user mistake or a diverged run: one line, exit 2
         # SYNFOC_STOP_AT=k ends after step k as if killed (the multi-process resume test)
         train(argv, stop_at=int(os.environ["SYNFOC_STOP_AT"]) if "SYNFOC_STOP_AT" in os.environ else None)
-    except (*USER_ERRORS, ConfigError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

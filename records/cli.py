@@ -6,6 +6,7 @@ the argument parser and the one-line handling of user mistakes.
     names = which_models(ck, a.model)           # --model None / medsam / unet / both -> student names
     amp = amp_dtype(a.amp, ck["config"], device)  # --amp -> autocast dtype, None = fp32
     cli_main(run, argv)                         # run(argv) -> exit status; USER_ERRORS -> `error: ...`, exit 2
+    with one_line_errors(ConfigError): ...      # the same for any block (train.py's main)
 
 USER_ERRORS are what a command line prints as one `error: ...` line on stderr with exit status 2: a run
 checkpoint that cannot be used (CheckpointError), bad data or an output that cannot be written (DataError,
@@ -14,8 +15,9 @@ WriteError its subclass), a mistake on the command line (EvalError), unusable SA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -65,12 +67,19 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def cli_main(run: Callable[[list[str] | None], int], argv: list[str] | None) -> None:
-    """Call a command line's run(argv) and exit with its status; user mistakes (USER_ERRORS) become one
-    `error: ...` line on stderr and exit status 2."""
+@contextlib.contextmanager
+def one_line_errors(*more: type[BaseException]) -> Iterator[None]:
+    """User mistakes raised inside (USER_ERRORS, and `more`: train.py adds ConfigError and FloatingPointError)
+    become one `error: ...` line on stderr and exit status 2, no traceback."""
     try:
-        code = run(argv)
-    except USER_ERRORS as e:
+        yield
+    except (*USER_ERRORS, *more) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def cli_main(run: Callable[[list[str] | None], int], argv: list[str] | None) -> None:
+    """Call a command line's run(argv) and exit with its status; user mistakes as one_line_errors says."""
+    with one_line_errors():
+        code = run(argv)
     sys.exit(code)
